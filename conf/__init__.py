@@ -1,0 +1,60 @@
+"""Configuration: one OmegaConf default YAML, HE presets, dotlist overrides.
+
+Only entry points (the ServerApp, the ClientApp, the simulation CLI) read configuration; everything
+below them takes explicit keyword arguments.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent
+
+
+def he_presets() -> list[str]:
+    """Names of the CKKS presets shipped in conf/he/."""
+    return sorted(p.stem for p in (CONF_DIR / "he").glob("*.yaml"))
+
+
+def load_config(overrides: Iterable[str] | str = ()) -> DictConfig:
+    """Load conf/default.yaml, apply a dotlist (list or one shell-quoted string), merge the HE preset.
+
+    Keys a preset defines can still be overridden, e.g. ``he.preset=n16384 he.global_scale_bits=30``.
+    """
+    if isinstance(overrides, str):
+        overrides = shlex.split(overrides)
+    overrides = list(overrides)
+    base = OmegaConf.load(CONF_DIR / "default.yaml")
+    cli = OmegaConf.from_dotlist(overrides)
+    for key in _unknown_keys(cli, base):
+        raise KeyError(f"unknown config key {key!r} (see conf/default.yaml)")
+    cfg = OmegaConf.merge(base, cli)
+    preset = str(cfg.he.preset)
+    preset_file = CONF_DIR / "he" / f"{preset}.yaml"
+    if not preset_file.is_file():
+        raise ValueError(f"unknown HE preset {preset!r}; choose one of {he_presets()}")
+    cfg.he = OmegaConf.merge(cfg.he, OmegaConf.load(preset_file), cli.get("he", {}))
+    return cfg
+
+
+def _unknown_keys(cli: DictConfig, base: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cli`` absent from ``base``; new silos and HE preset keys are allowed."""
+    unknown = []
+    for key, value in cli.items():
+        path = f"{prefix}{key}"
+        if path in ("silos", "he") or prefix.startswith("silos."):
+            continue
+        if key not in base:
+            unknown.append(path)
+        elif isinstance(value, DictConfig) and isinstance(base[key], DictConfig):
+            unknown += _unknown_keys(value, base[key], f"{path}.")
+    return unknown
+
+
+def active_silos(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Configured silos in node order; ``silos.NAME=null`` on the command line removes one."""
+    return {name: silo for name, silo in cfg.silos.items() if silo is not None}

@@ -1,0 +1,68 @@
+"""The silo's Flower ClientApp: one ``@app.query`` handler per protocol action.
+
+A handler resolves this node's silo from the run config (``overrides``) and node config, runs the
+role's method on the node's ``context.state``, and replies. Any failure becomes an ``error`` reply
+naming it; the node's state is only updated by handlers that succeed, so the silo keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from conf import load_config
+from silos.provider import Provider
+from silos.querier import Querier
+from silos.settings import SiloSettings, silo_name
+from strategy.protocol import (
+    PROVIDER_ACTIONS,
+    QUERIER_ACTIONS,
+    Action,
+    error_content,
+    reply_content,
+)
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages or local paths
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+
+def handle(action: Action, message: Message, context: Context) -> Message:
+    try:
+        cfg = load_config(str(context.run_config.get("overrides", "")))
+        settings = SiloSettings.from_config(cfg, silo_name(cfg, dict(context.node_config)))
+        allowed = QUERIER_ACTIONS if settings.role == "querier" else PROVIDER_ACTIONS
+        if action not in allowed:
+            raise PermissionError(f"silo {settings.name!r} ({settings.role}) does not handle "
+                                  f"{action.value!r}")
+        if "request" not in message.content:
+            raise ValueError("message has no 'request' record")
+        role = Querier if settings.role == "querier" else Provider
+        # Work on a copy: a failing handler must leave the node's state as it was.
+        state = context.state.copy()
+        reply = getattr(role(settings, state), action.value)(message.content["request"])
+        for key in list(context.state.keys()):
+            if key not in state:
+                del context.state[key]
+        for key, record in state.items():
+            context.state[key] = record
+        return Message(reply_content(reply), reply_to=message)
+    except Exception as err:  # reported to the coordinator; the silo keeps serving
+        log.exception("silo failed on %s", action.value)
+        return Message(error_content(err), reply_to=message)
+
+
+def _register(action: Action) -> None:
+    @app.query(action.value)
+    def _handler(message: Message, context: Context) -> Message:
+        return handle(action, message, context)
+
+
+for _action in Action:
+    _register(_action)

@@ -1,0 +1,36 @@
+"""On-disk cache of embeddings, keyed by encoder fingerprint and the texts' hash: reruns skip the LM."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from silos.encoders import Encoder
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode("utf-8")).digest())
+    return digest.hexdigest()
+
+
+def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: str | Path | None) -> np.ndarray:
+    """``encoder.encode(texts)``, read from / written to ``cache_dir`` when one is given."""
+    if cache_dir is None:
+        return encoder.encode(texts)
+    key = hashlib.sha256(f"{encoder.fingerprint}|{texts_digest(texts)}".encode()).hexdigest()
+    path = Path(cache_dir).expanduser() / "embeddings" / f"{key[:32]}.safetensors"
+    if path.exists():
+        return load_file(path)["embeddings"]
+    embeddings = encoder.encode(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({"embeddings": embeddings}, tmp)
+    os.replace(tmp, path)
+    return embeddings

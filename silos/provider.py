@@ -1,0 +1,135 @@
+"""The provider: owns a private head, computes on the querier's ciphertexts, never decrypts.
+
+It receives only public contexts (refused if they carry a secret key) and ciphertexts; it returns
+ciphertexts, plus one plaintext scalar per alignment (Σ‖y‖² of the held-out public texts, for R²).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+from safetensors.numpy import save_file
+
+from crypto import (
+    CrossProductPacking,
+    EncryptedLinearHead,
+    context_from_bytes,
+    context_slots,
+    vectors_from_bytes,
+    vectors_to_bytes,
+)
+from silos.embedding_cache import encode_cached
+from silos.head import LinearHead
+from silos.runtime import load_benchmark, load_encoder
+from silos.settings import SiloSettings
+from silos.state import get_arrays, get_config, put_arrays, put_config
+
+NOT_PREPARED = "the provider is not prepared yet (send 'prepare' first)"
+
+
+class Provider:
+    def __init__(self, settings: SiloSettings, state: RecordDict) -> None:
+        self.settings = settings
+        self.state = state
+
+    def describe(self, request: ConfigRecord) -> dict:
+        s = self.settings
+        corpus, _ = load_benchmark(s.corpus)
+        return {"silo": s.name, "role": s.role, "model": s.encoder.model,
+                "classes": list(corpus.label_names)}
+
+    def prepare(self, request: ConfigRecord) -> dict:
+        """Embed public and private texts, train the head on the private ones.
+
+        Benchmark only: also scores the head on the provider's own embeddings of the query split
+        (``native_accuracy``) — the split is public knowledge of the benchmark, not the querier's.
+        """
+        start = time.perf_counter()
+        s = self.settings
+        corpus, split = load_benchmark(s.corpus)
+        encoder = load_encoder(s.encoder, s.cache_dir)
+        fit_ix, val_ix = s.corpus.public_parts(split.public)
+        public = encode_cached(encoder, [corpus.texts[i] for i in split.public], s.cache_dir)
+        private = encode_cached(encoder, [corpus.texts[i] for i in split.private], s.cache_dir)
+        native = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
+        # The provider's space is its encoder's output over a fixed scale (|y| <= 1 on public data),
+        # which bounds every encrypted sum; the head is trained in that same space.
+        scale = float(np.abs(public).max()) or 1.0
+        position = {index: row for row, index in enumerate(split.public)}
+        y_fit = public[[position[i] for i in fit_ix]] / scale
+        y_val = public[[position[i] for i in val_ix]] / scale
+        head = LinearHead(l2=s.head_l2, max_iter=s.head_max_iter).fit(
+            private / scale, corpus.labels[split.private], classes=corpus.label_names)
+        put_arrays(self.state, "provider.public", y_fit=y_fit, y_val=y_val)
+        put_arrays(self.state, "provider.head", coef=head.coef_, intercept=head.intercept_)
+        native_logits = head.decision_function(native / scale)
+        truth = corpus.labels[split.query]
+        s.workdir.mkdir(parents=True, exist_ok=True)
+        head.save(s.workdir / "head")
+        save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
+        save_file({"logits": native_logits, "truth": truth}, s.workdir / "native_logits.safetensors")
+        return {
+            "seconds": time.perf_counter() - start,
+            "dim": encoder.dim,
+            "train_accuracy": float((head.predict(private / scale) ==
+                                     corpus.labels[split.private]).mean()),
+            "native_accuracy": float((native_logits.argmax(1) == truth).mean()),
+        }
+
+    def _public(self) -> dict[str, np.ndarray]:
+        return get_arrays(self.state, "provider.public", NOT_PREPARED)
+
+    def _receive_context(self, request: ConfigRecord):
+        """The querier's public context: from this request (and kept), or kept from alignment."""
+        querier = str(request["querier"])
+        if "context" in request:
+            data = bytes(request["context"])
+            context = context_from_bytes(data, expect_public=True)
+            put_config(self.state, "provider.contexts", **{querier: data})
+            return context
+        contexts = get_config(self.state, "provider.contexts",
+                              f"no public context from querier {querier!r} (align first)")
+        if querier not in contexts:
+            raise LookupError(f"no public context from querier {querier!r} (align first)")
+        return context_from_bytes(contexts[querier], expect_public=True)
+
+    def cross_products(self, request: ConfigRecord) -> dict:
+        """Enc(X̃)ᵀY for the fit and held-out public texts, from the querier's encrypted rows."""
+        start = time.perf_counter()
+        public = self._public()
+        context = self._receive_context(request)
+        packing = CrossProductPacking(d_in=int(request["d_in"]), slots=context_slots(context))
+        reply = {"d_out": int(public["y_fit"].shape[1])}
+        fit = packing.multiply(vectors_from_bytes(context, request["fit"]), public["y_fit"],
+                               progress=True)
+        reply["fit"] = vectors_to_bytes(fit)
+        if len(public["y_val"]):
+            val = packing.multiply(vectors_from_bytes(context, request["val"]), public["y_val"])
+            reply["val"] = vectors_to_bytes(val)
+            reply["y_sq_sum_val"] = float(np.sum(public["y_val"].astype(np.float64) ** 2))
+        reply["seconds"] = time.perf_counter() - start
+        return reply
+
+    def cosine_products(self, request: ConfigRecord) -> dict:
+        """Enc(D·X̃)ᵀŶ on the held-out texts, Ŷ the row-normalised provider embeddings."""
+        start = time.perf_counter()
+        y_val = self._public()["y_val"].astype(np.float64)
+        context = self._receive_context(request)
+        packing = CrossProductPacking(d_in=int(request["d_in"]), slots=context_slots(context))
+        y_hat = y_val / np.maximum(np.linalg.norm(y_val, axis=1, keepdims=True), 1e-12)
+        products = packing.multiply(vectors_from_bytes(context, request["rows"]), y_hat)
+        return {"products": vectors_to_bytes(products), "d_out": y_val.shape[1],
+                "seconds": time.perf_counter() - start}
+
+    def evaluate(self, request: ConfigRecord) -> dict:
+        """The head on encrypted aligned queries: encrypted logits, for the querier only."""
+        start = time.perf_counter()
+        arrays = get_arrays(self.state, "provider.head", NOT_PREPARED)
+        head = EncryptedLinearHead(arrays["coef"], arrays["intercept"])
+        context = self._receive_context(request)
+        path = str(request["path"])
+        logits = head.evaluate(vectors_from_bytes(context, request["ciphertexts"]), path=path)
+        return {"ciphertexts": vectors_to_bytes(logits), "n_classes": head.n_classes,
+                "seconds": time.perf_counter() - start}

@@ -1,0 +1,232 @@
+"""The querier: holds the CKKS secret key, fits the map under encryption, queries the providers.
+
+Nothing it sends is plaintext: public contexts (no secret key) and ciphertexts only. Its state —
+the secret context, its scaled embeddings, one fitted map per provider, decrypted logits — lives in
+the node's ``context.state``; its artifacts (for the benchmark referee) in its own workdir.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+from safetensors.numpy import save_file
+
+from crypto import (
+    CrossProductPacking,
+    context_from_bytes,
+    make_context,
+    public_context_bytes,
+    secret_context_bytes,
+    vectors_from_bytes,
+    vectors_to_bytes,
+)
+from crypto.head import decrypt_logits, encrypt_queries
+from silos.alignment import AffineMap, augment, fit_quality
+from silos.embedding_cache import encode_cached
+from silos.runtime import load_benchmark, load_encoder
+from silos.settings import SiloSettings
+from silos.state import get_arrays, get_config, put_arrays, put_config
+
+NOT_PREPARED = "the querier is not prepared yet (send 'prepare' first)"
+
+
+class Querier:
+    def __init__(self, settings: SiloSettings, state: RecordDict) -> None:
+        self.settings = settings
+        self.state = state
+
+    # -- discovery and set-up ---------------------------------------------------------------------
+    def describe(self, request: ConfigRecord) -> dict:
+        s = self.settings
+        return {"silo": s.name, "role": s.role, "model": s.encoder.model,
+                "n_queries": s.corpus.n_query}
+
+    def prepare(self, request: ConfigRecord) -> dict:
+        """Embed the public and query texts; create the key pair."""
+        start = time.perf_counter()
+        s = self.settings
+        corpus, split = load_benchmark(s.corpus)
+        encoder = load_encoder(s.encoder, s.cache_dir)
+        fit_ix, val_ix = s.corpus.public_parts(split.public)
+        texts = [corpus.texts[i] for i in split.public]
+        public = encode_cached(encoder, texts, s.cache_dir)
+        queries = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
+        # A fixed scale keeps every encrypted sum far below the CKKS modulus (|x| <= 1 on public data).
+        scale = float(np.abs(public).max()) or 1.0
+        position = {index: row for row, index in enumerate(split.public)}
+        x_fit = public[[position[i] for i in fit_ix]] / scale
+        x_val = public[[position[i] for i in val_ix]] / scale
+        put_arrays(self.state, "querier.public", x_fit=x_fit, x_val=x_val)
+        put_arrays(self.state, "querier.queries", x=queries / scale,
+                   labels=corpus.labels[split.query])
+        context = make_context(s.he, galois_keys=s.galois_keys)
+        put_config(self.state, "querier.he", secret_context=secret_context_bytes(context),
+                   label_names=list(corpus.label_names), dim=encoder.dim)
+        s.workdir.mkdir(parents=True, exist_ok=True)
+        save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
+        save_file({"x": queries / scale, "labels": corpus.labels[split.query]},
+                  s.workdir / "query_embeddings.safetensors")
+        return {"seconds": time.perf_counter() - start, "dim": encoder.dim,
+                "n_fit": len(x_fit), "n_val": len(x_val), "n_queries": len(queries)}
+
+    def _context(self):
+        record = get_config(self.state, "querier.he", NOT_PREPARED)
+        return context_from_bytes(record["secret_context"], expect_public=False)
+
+    def _packing(self, context) -> CrossProductPacking:
+        dim = int(get_config(self.state, "querier.he", NOT_PREPARED)["dim"])
+        return CrossProductPacking(d_in=dim + 1, slots=self.settings.he.slots)
+
+    # -- encrypted alignment ----------------------------------------------------------------------
+    def upload(self, request: ConfigRecord) -> dict:
+        """Public context + Enc(X̃) of the fit and held-out public texts (sent once per querier)."""
+        start = time.perf_counter()
+        public = get_arrays(self.state, "querier.public", NOT_PREPARED)
+        context = self._context()
+        packing = self._packing(context)
+        reply = {
+            "context": public_context_bytes(context),
+            "fit": vectors_to_bytes(packing.encrypt_rows(context, augment(public["x_fit"]))),
+            "d_in": packing.d_in,
+            "n_fit": len(public["x_fit"]),
+            "n_val": len(public["x_val"]),
+        }
+        if len(public["x_val"]):
+            rows = packing.encrypt_rows(context, augment(public["x_val"]))
+            reply["val"] = vectors_to_bytes(rows)
+        reply["seconds"] = time.perf_counter() - start
+        return reply
+
+    def select(self, request: ConfigRecord) -> dict:
+        """Decrypt X̃ᵀY, score every ridge alpha on the held-out texts, keep the best.
+
+        Replies with Enc(D·X̃_val), D = 1/‖ẑ_i‖ of the chosen map, for the provider to return the
+        statistics of the held-out mean cosine.
+        """
+        start = time.perf_counter()
+        provider = str(request["provider"])
+        d_out = int(request["d_out"])
+        public = get_arrays(self.state, "querier.public", NOT_PREPARED)
+        context = self._context()
+        packing = self._packing(context)
+        xty_fit = packing.decrypt(vectors_from_bytes(context, request["fit"]), d_out)
+        xa_fit = augment(public["x_fit"])
+        xtx_fit = xa_fit.T @ xa_fit
+        n_fit = len(xa_fit)
+        has_val = len(public["x_val"]) > 0
+        r2 = {}
+        if has_val:
+            xa_val = augment(public["x_val"])
+            xtx_val = xa_val.T @ xa_val
+            xty_val = packing.decrypt(vectors_from_bytes(context, request["val"]), d_out)
+            y_sq = float(request["y_sq_sum_val"])
+            candidates = self.settings.alphas if self.settings.select_alpha else ()
+            for alpha in candidates or (self.settings.default_alpha,):
+                m = AffineMap(alpha).fit_from_stats(xtx_fit, xty_fit, n_samples=n_fit)
+                w = np.vstack([m.coef_, m.intercept_])
+                r2[alpha] = fit_quality(w, xtx=xtx_val, xty=xty_val, y_sq_sum=y_sq,
+                                        n_samples=len(xa_val))
+        else:
+            xtx_val = np.zeros_like(xtx_fit)
+            xty_val = np.zeros_like(xty_fit)
+        alpha = max(r2, key=r2.get) if r2 and self.settings.select_alpha else (
+            self.settings.default_alpha)
+        put_arrays(self.state, f"querier.stats.{provider}", xtx_fit=xtx_fit, xty_fit=xty_fit,
+                   xtx_val=xtx_val, xty_val=xty_val, alpha=np.array([alpha]),
+                   r2=np.array([r2.get(alpha, np.nan)]))
+        reply = {"alpha": alpha, "alphas": [float(a) for a in r2],
+                 "r2_by_alpha": [float(v) for v in r2.values()]}
+        if has_val:
+            held_out_map = AffineMap(alpha).fit_from_stats(xtx_fit, xty_fit, n_samples=n_fit)
+            norms = np.linalg.norm(held_out_map.transform(public["x_val"]), axis=1)
+            rows = augment(public["x_val"]) / np.maximum(norms, 1e-12)[:, None]
+            reply["rows"] = vectors_to_bytes(packing.encrypt_rows(context, rows))
+        reply["seconds"] = time.perf_counter() - start
+        return reply
+
+    def finish(self, request: ConfigRecord) -> dict:
+        """Held-out mean cosine of the chosen map; the final map refit on all public texts."""
+        start = time.perf_counter()
+        provider = str(request["provider"])
+        d_out = int(request["d_out"])
+        stats = get_arrays(self.state, f"querier.stats.{provider}",
+                           f"no alignment statistics for provider {provider!r} (send 'select')")
+        alpha = float(stats["alpha"][0])
+        public = get_arrays(self.state, "querier.public", NOT_PREPARED)
+        n_fit, n_val = len(public["x_fit"]), len(public["x_val"])
+        cosine, r2 = float("nan"), float("nan")
+        if n_val:
+            context = self._context()
+            packing = self._packing(context)
+            products = packing.decrypt(vectors_from_bytes(context, request["products"]), d_out)
+            held_out = AffineMap(alpha).fit_from_stats(
+                stats["xtx_fit"], stats["xty_fit"], n_samples=n_fit)
+            w = np.vstack([held_out.coef_, held_out.intercept_])
+            cosine = float(np.sum(w * products) / n_val)
+            r2 = float(stats["r2"][0])
+        final = AffineMap(alpha).fit_from_stats(
+            stats["xtx_fit"] + stats["xtx_val"], stats["xty_fit"] + stats["xty_val"],
+            n_samples=n_fit + n_val)
+        final.save(self.settings.workdir / "maps" / provider)
+        put_arrays(self.state, f"querier.map.{provider}", coef=final.coef_,
+                   intercept=final.intercept_)
+        del self.state[f"querier.stats.{provider}"]
+        return {"alpha": alpha, "r2": r2, "cosine": cosine, "d_in": final.coef_.shape[0],
+                "d_out": d_out, "seconds": time.perf_counter() - start}
+
+    # -- encrypted inference ----------------------------------------------------------------------
+    def encrypt(self, request: ConfigRecord) -> dict:
+        """Map a batch of private queries locally and encrypt the aligned vectors."""
+        start = time.perf_counter()
+        provider = str(request["provider"])
+        first, stop = int(request["start"]), int(request["stop"])
+        path = str(request["path"])
+        queries = get_arrays(self.state, "querier.queries", NOT_PREPARED)["x"]
+        if not 0 <= first < stop <= len(queries):
+            raise IndexError(f"batch [{first}, {stop}) outside the {len(queries)} queries")
+        fitted = get_arrays(self.state, f"querier.map.{provider}",
+                            f"no map fitted for provider {provider!r} yet (align first)")
+        z = queries[first:stop] @ fitted["coef"] + fitted["intercept"]
+        context = self._context()
+        ciphertexts = vectors_to_bytes(encrypt_queries(context, z, path=path))
+        return {"ciphertexts": ciphertexts, "n": stop - first, "path": path,
+                "seconds": time.perf_counter() - start}
+
+    def decrypt(self, request: ConfigRecord) -> dict:
+        start = time.perf_counter()
+        provider = str(request["provider"])
+        context = self._context()
+        logits = decrypt_logits(
+            vectors_from_bytes(context, request["ciphertexts"]),
+            path=str(request["path"]), n=int(request["n"]), n_classes=int(request["n_classes"]),
+        )
+        key = f"querier.logits.{provider}"
+        batches = get_arrays(self.state, key, "") if key in self.state else {}
+        batches[f"{int(request['start']):09d}"] = logits
+        put_arrays(self.state, key, **batches)
+        return {"seconds": time.perf_counter() - start}
+
+    def report(self, request: ConfigRecord) -> dict:
+        """Accuracy of the decrypted predictions; the logits are written for the referee."""
+        provider = str(request["provider"])
+        classes = list(request["classes"])
+        batches = get_arrays(self.state, f"querier.logits.{provider}",
+                             f"no decrypted logits for provider {provider!r}")
+        logits = np.concatenate([batches[k] for k in sorted(batches)])
+        queries = get_arrays(self.state, "querier.queries", NOT_PREPARED)
+        names = list(get_config(self.state, "querier.he", NOT_PREPARED)["label_names"])
+        unknown = set(names) - set(classes)
+        if unknown:
+            raise ValueError(f"provider {provider!r} has no class for labels {sorted(unknown)}")
+        truth = np.asarray([classes.index(names[y]) for y in queries["labels"]])
+        if len(logits) != len(truth):
+            raise ValueError(f"{len(logits)} decrypted predictions for {len(truth)} queries")
+        predicted = logits.argmax(axis=1)
+        out = self.settings.workdir / "logits"
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
+        del self.state[f"querier.logits.{provider}"]
+        return {"encrypted_accuracy": float((predicted == truth).mean()), "n": len(truth)}
+

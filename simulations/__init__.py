@@ -1,0 +1,1 @@
+"""Runnable experiments: the local multi-silo simulation and its report."""

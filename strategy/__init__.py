@@ -1,0 +1,1 @@
+"""The coordinator: a Flower ServerApp whose strategy drives discover → prepare → align → serve."""

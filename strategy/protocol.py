@@ -1,0 +1,82 @@
+"""The wire protocol between the coordinator and the silos: action names and record conventions.
+
+Every request is a Flower ``query`` message whose content holds one ConfigRecord ``request``; every
+reply holds one ConfigRecord ``reply`` or, on failure, a ConfigRecord ``error`` (type + message) so
+the coordinator can name what failed while the silo keeps serving. Ciphertexts and public contexts
+travel as ``bytes`` / ``list[bytes]`` values; plaintext arrays of a querier never travel at all.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+
+class Action(StrEnum):
+    DESCRIBE = "describe"  # any silo: role, model, dimension, classes
+    PREPARE = "prepare"  # any silo: embed its texts; a provider trains its head
+    UPLOAD = "upload"  # querier: public context + Enc(X̃) of the public texts
+    CROSS_PRODUCTS = "cross_products"  # provider: Enc(X̃)ᵀY on the fit and held-out texts
+    SELECT = "select"  # querier: decrypt, choose ridge alpha, send Enc(D·X̃) for the cosine
+    COSINE_PRODUCTS = "cosine_products"  # provider: Enc(D·X̃)ᵀ Ŷ (row-normalised Y)
+    FINISH = "finish"  # querier: mean cosine, final map on all public texts
+    ENCRYPT = "encrypt"  # querier: map + encrypt a batch of private queries
+    EVALUATE = "evaluate"  # provider: head on ciphertexts → encrypted logits
+    DECRYPT = "decrypt"  # querier: decrypt logits of a batch
+    REPORT = "report"  # querier: accuracy of its decrypted predictions, artifacts written
+
+
+QUERIER_ACTIONS = frozenset(
+    {Action.DESCRIBE, Action.PREPARE, Action.UPLOAD, Action.SELECT, Action.FINISH,
+     Action.ENCRYPT, Action.DECRYPT, Action.REPORT}
+)
+PROVIDER_ACTIONS = frozenset(
+    {Action.DESCRIBE, Action.PREPARE, Action.CROSS_PRODUCTS, Action.COSINE_PRODUCTS,
+     Action.EVALUATE}
+)
+ROLES = ("querier", "provider")
+
+
+def message_type(action: Action) -> str:
+    return f"query.{action.value}"
+
+
+def request_content(request: dict) -> RecordDict:
+    return RecordDict({"request": ConfigRecord(_without_empty_lists(request))})
+
+
+def reply_content(reply: dict) -> RecordDict:
+    return RecordDict({"reply": ConfigRecord(_without_empty_lists(reply))})
+
+
+def error_content(err: BaseException) -> RecordDict:
+    return RecordDict({"error": ConfigRecord({"type": type(err).__name__, "message": str(err)})})
+
+
+def error_of(message: Message) -> str | None:
+    """The failure a reply reports (a silo's error record or Flower's own error), else None."""
+    if message.has_error():
+        return f"flower error {message.error.code}: {message.error.reason}"
+    if "error" in message.content:
+        record = message.content["error"]
+        return f"{record['type']}: {record['message']}"
+    return None
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of the ciphertexts/contexts a message carries (the protocol's bandwidth)."""
+    total = 0
+    for record in content.values():
+        if isinstance(record, ConfigRecord):
+            for value in record.values():
+                if isinstance(value, bytes):
+                    total += len(value)
+                elif isinstance(value, list) and value and isinstance(value[0], bytes):
+                    total += sum(len(v) for v in value)
+    return total
+
+
+def _without_empty_lists(values: dict) -> dict:
+    # Flower's ConfigRecord cannot size an empty list; an absent key reads as empty on the other side.
+    return {k: v for k, v in values.items() if not (isinstance(v, list) and not v)}

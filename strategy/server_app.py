@@ -1,0 +1,42 @@
+"""The coordinator's Flower ServerApp: runs the strategy, writes ``run.json``, prints a table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig, OmegaConf
+
+from conf import active_silos, load_config
+from strategy.strategy import SecureAlignmentStrategy
+from strategy.table import format_table
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_coordinator(grid, load_config(str(context.run_config.get("overrides", ""))))
+
+
+def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
+    """Run the whole protocol over ``grid``; the summary is also written to output_dir/run.json."""
+    strategy = SecureAlignmentStrategy(
+        batch_size=int(cfg.serve.batch_size),
+        timeout=float(cfg.serve.timeout),
+        min_nodes=len(active_silos(cfg)),
+    )
+    summary = strategy.start(grid)
+    summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+    out = Path(str(cfg.run.output_dir)).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(format_table(summary["pairs"]), flush=True)
+    for error in summary["errors"]:
+        print(f"error: {error}", flush=True)
+    return summary

@@ -1,0 +1,242 @@
+"""SecureAlignmentStrategy: discover → prepare → align → serve, relaying bytes it cannot read.
+
+For every (querier, provider) pair it fits the querier's affine map under encryption, then routes
+the querier's encrypted queries to the provider's head and the encrypted logits back. It times every
+phase and counts every payload byte; a silo that fails or does not answer fails only its own pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from strategy.protocol import Action, error_of, message_type, payload_bytes, request_content
+
+log = logging.getLogger(__name__)
+
+
+class SiloError(RuntimeError):
+    """A silo replied with an error, or did not reply in time."""
+
+    def __init__(self, silo: str, action: Action, reason: str) -> None:
+        super().__init__(f"silo {silo!r} failed on {action.value!r}: {reason}")
+        self.silo = silo
+
+
+@dataclass
+class Silo:
+    node_id: int
+    name: str
+    role: str
+    model: str
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ledger:
+    """Wall seconds and payload bytes per phase, for one pair or for the whole run."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    bytes_received: dict[str, int] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float, sent: int, received: int) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+        self.bytes_sent[phase] = self.bytes_sent.get(phase, 0) + sent
+        self.bytes_received[phase] = self.bytes_received.get(phase, 0) + received
+
+
+class SecureAlignmentStrategy:
+    """Coordinate encrypted alignment and inference between every querier and every provider.
+
+    Parameters
+    ----------
+    batch_size : queries per encrypted batch (1 selects the one-query ``dot`` path).
+    timeout : seconds to wait for the replies of one round.
+    min_nodes : silos to wait for before starting (deployments connect over time).
+    """
+
+    def __init__(self, *, batch_size: int = 4096, timeout: float = 600.0, min_nodes: int = 2,
+                 wait_for_nodes: float = 120.0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.min_nodes = min_nodes
+        self.wait_for_nodes = wait_for_nodes
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _round(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
+               request: dict, ledger: Ledger, phase: str) -> dict[int, ConfigRecord | SiloError]:
+        """Send ``request`` to every (node_id, name) target at once; replies or errors by node."""
+        content = request_content(request)
+        messages = [Message(content, dst_node_id=node, message_type=message_type(action))
+                    for node, _ in targets]
+        start = time.perf_counter()
+        replies = {m.metadata.src_node_id: m for m in
+                   grid.send_and_receive(messages, timeout=self.timeout)}
+        received = sum(payload_bytes(m.content) for m in replies.values() if not m.has_error())
+        ledger.add(phase, time.perf_counter() - start, payload_bytes(content) * len(targets),
+                   received)
+        results: dict[int, ConfigRecord | SiloError] = {}
+        for node, name in targets:
+            reply = replies.get(node)
+            if reply is None:
+                results[node] = SiloError(name, action, f"no reply within {self.timeout:.0f} s")
+            elif (reason := error_of(reply)) is not None:
+                results[node] = SiloError(name, action, reason)
+            else:
+                results[node] = reply.content["reply"]
+        return results
+
+    def _ask(self, grid: Grid, silo: Silo, action: Action, request: dict, ledger: Ledger,
+             phase: str) -> ConfigRecord:
+        result = self._round(grid, [(silo.node_id, silo.name)], action, request, ledger,
+                             phase)[silo.node_id]
+        if isinstance(result, SiloError):
+            raise result
+        return result
+
+    # -- phases -----------------------------------------------------------------------------------
+    def discover(self, grid: Grid, ledger: Ledger) -> tuple[dict[str, Silo], list[str]]:
+        deadline = time.monotonic() + self.wait_for_nodes
+        nodes = list(grid.get_node_ids())
+        while len(nodes) < self.min_nodes and time.monotonic() < deadline:
+            time.sleep(1.0)
+            nodes = list(grid.get_node_ids())
+        results = self._round(grid, [(n, f"node {n}") for n in nodes], Action.DESCRIBE, {},
+                              ledger, "discover")
+        silos, errors = {}, []
+        for node, result in results.items():
+            if isinstance(result, SiloError):
+                errors.append(str(result))
+                continue
+            info = dict(result)
+            silos[str(info["silo"])] = Silo(node, str(info["silo"]), str(info["role"]),
+                                            str(info["model"]), info)
+        return silos, errors
+
+    def prepare(self, grid: Grid, silos: dict[str, Silo], ledger: Ledger) -> list[str]:
+        """Every silo embeds its texts (a provider trains its head); returns the errors."""
+        targets = [(s.node_id, s.name) for s in silos.values()]
+        results = self._round(grid, targets, Action.PREPARE, {}, ledger, "prepare")
+        errors = []
+        for silo in list(silos.values()):
+            result = results[silo.node_id]
+            if isinstance(result, SiloError):
+                errors.append(str(result))
+                del silos[silo.name]
+            else:
+                silo.info.update({f"prepare_{k}": v for k, v in result.items()})
+        return errors
+
+    def align(self, grid: Grid, querier: Silo, provider: Silo, upload: ConfigRecord,
+              ledger: Ledger) -> dict:
+        """Fit the querier's map into the provider's space under encryption; fit quality."""
+        cross = self._ask(grid, provider, Action.CROSS_PRODUCTS, {
+            "querier": querier.name, "context": upload["context"], "d_in": upload["d_in"],
+            "fit": upload["fit"], "val": upload.get("val", [])}, ledger, "align")
+        select = self._ask(grid, querier, Action.SELECT, {
+            "provider": provider.name, "d_out": cross["d_out"], "fit": cross["fit"],
+            "val": cross.get("val", []), "y_sq_sum_val": cross.get("y_sq_sum_val", 0.0)},
+            ledger, "align")
+        products = []
+        if "rows" in select:
+            products = self._ask(grid, provider, Action.COSINE_PRODUCTS, {
+                "querier": querier.name, "d_in": upload["d_in"], "rows": select["rows"]},
+                ledger, "align")["products"]
+        finish = self._ask(grid, querier, Action.FINISH, {
+            "provider": provider.name, "d_out": cross["d_out"], "products": products},
+            ledger, "align")
+        return {
+            "alpha": finish["alpha"], "r2": finish["r2"], "cosine": finish["cosine"],
+            "r2_by_alpha": dict(zip(select.get("alphas", []), select.get("r2_by_alpha", []),
+                                    strict=True)),
+            "d_querier": int(upload["d_in"]) - 1, "d_provider": int(cross["d_out"]),
+            "context_bytes": len(upload["context"]),
+            "silo_seconds": cross["seconds"] + select["seconds"] + finish["seconds"],
+        }
+
+    def serve(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
+        """Route the querier's encrypted queries through the provider's head, in batches."""
+        n_queries = int(querier.info["n_queries"])
+        path = "single" if self.batch_size == 1 else "batched"
+        timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
+        sent = received = 0
+        for first in range(0, n_queries, self.batch_size):
+            stop = min(first + self.batch_size, n_queries)
+            batch = self._ask(grid, querier, Action.ENCRYPT, {
+                "provider": provider.name, "start": first, "stop": stop, "path": path},
+                ledger, "serve")
+            logits = self._ask(grid, provider, Action.EVALUATE, {
+                "querier": querier.name, "ciphertexts": batch["ciphertexts"], "path": path,
+                "n": batch["n"]}, ledger, "serve")
+            done = self._ask(grid, querier, Action.DECRYPT, {
+                "provider": provider.name, "start": first, "n": batch["n"], "path": path,
+                "n_classes": logits["n_classes"], "ciphertexts": logits["ciphertexts"]},
+                ledger, "serve")
+            sent += sum(len(c) for c in batch["ciphertexts"])
+            received += sum(len(c) for c in logits["ciphertexts"])
+            timing["encrypt"] += batch["seconds"]
+            timing["evaluate"] += logits["seconds"]
+            timing["decrypt"] += done["seconds"]
+        report = self._ask(grid, querier, Action.REPORT, {
+            "provider": provider.name, "classes": list(provider.info["classes"])}, ledger,
+            "serve")
+        compute = sum(timing.values())
+        return {
+            "path": path, "batch_size": self.batch_size, "n_queries": n_queries,
+            "encrypted_accuracy": report["encrypted_accuracy"],
+            "latency_ms_per_query": 1000 * compute / n_queries,
+            **{f"{k}_ms_per_query": 1000 * v / n_queries for k, v in timing.items()},
+            "wall_ms_per_query": 1000 * ledger.seconds.get("serve", 0.0) / n_queries,
+            "bytes_per_query": (sent + received) / n_queries,
+            "bytes_in_per_query": sent / n_queries, "bytes_out_per_query": received / n_queries,
+        }
+
+    # -- the whole run ----------------------------------------------------------------------------
+    def start(self, grid: Grid) -> dict:
+        run = Ledger()
+        started = time.perf_counter()
+        silos, errors = self.discover(grid, run)
+        errors += self.prepare(grid, silos, run)
+        ordered = [silos[name] for name in sorted(silos)]
+        queriers = [s for s in ordered if s.role == "querier"]
+        providers = [s for s in ordered if s.role == "provider"]
+        pairs = []
+        for querier in queriers:
+            upload: ConfigRecord | None = None
+            for provider in providers:
+                ledger = Ledger()
+                pair = {"querier": querier.name, "provider": provider.name,
+                        "querier_model": querier.model, "provider_model": provider.model,
+                        "native_accuracy": provider.info.get("prepare_native_accuracy"),
+                        "n_queries": querier.info.get("n_queries")}
+                try:
+                    if upload is None:  # Enc(X̃) is the same for every provider: encrypt once
+                        upload = self._ask(grid, querier, Action.UPLOAD, {}, ledger, "align")
+                    pair.update(self.align(grid, querier, provider, upload, ledger))
+                    pair.update(self.serve(grid, querier, provider, ledger))
+                    pair["status"] = "ok"
+                except SiloError as err:
+                    log.error("pair %s → %s failed: %s", querier.name, provider.name, err)
+                    pair.update(status="failed", error=str(err), failed_silo=err.silo)
+                pair.update(seconds=ledger.seconds, bytes_sent=ledger.bytes_sent,
+                            bytes_received=ledger.bytes_received)
+                pairs.append(pair)
+        return {
+            "silos": {s.name: {"role": s.role, "model": s.model, "node_id": s.node_id,
+                               **_plain(s.info)} for s in silos.values()},
+            "pairs": pairs, "errors": errors,
+            "seconds": {**run.seconds, "total": time.perf_counter() - started},
+        }
+
+
+def _plain(info: dict) -> dict:
+    return {k: list(v) if isinstance(v, Iterable) and not isinstance(v, str | bytes) else v
+            for k, v in info.items() if not isinstance(v, bytes)}

@@ -1,0 +1,140 @@
+"""The whole Flower simulation with tiny in-memory models and three silos."""
+
+import json
+
+import numpy as np
+import pytest
+import tenseal as ts
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.serverapp import Grid, ServerApp
+from safetensors.numpy import load_file
+from tiny import save_tiny_models, write_corpus
+
+from conf import load_config
+from silos.alignment import AffineMap
+from silos.client_app import app as client_app
+from simulations.engine import simulate
+from simulations.report import build_report
+from strategy.server_app import run_coordinator
+
+
+class SpyGrid:
+    """A Grid that records every message the ServerApp sends and receives."""
+
+    def __init__(self, grid: Grid, log: list[tuple[str, Message]]) -> None:
+        self._grid, self._log = grid, log
+
+    def get_node_ids(self):
+        return self._grid.get_node_ids()
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self._log += [("request", m) for m in messages]
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._log += [("reply", m) for m in replies]
+        return replies
+
+
+def spying_server_app(log):
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_coordinator(SpyGrid(grid, log), load_config(context.run_config["overrides"]))
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    paths = save_tiny_models(root)
+    corpus = write_corpus(root / "corpus.csv", 320)
+    out = root / "out"
+    overrides = [
+        f"dataset.name={corpus}", "dataset.n_public=120", "dataset.n_private=120",
+        "dataset.n_query=70", f"silos.alice.model={paths['bert']}",
+        f"silos.bob.model={paths['bert64']}", f"silos.carol.model={paths['llama']}",
+        "silos.carol.pooling=last", f"run.output_dir={out}", f"run.cache_dir={root / 'cache'}",
+        "serve.batch_size=32",  # several batches per pair
+    ]
+    log: list[tuple[str, Message]] = []
+    simulate(spying_server_app(log), client_app, num_silos=3, overrides=overrides)
+    run = json.loads((out / "run.json").read_text())
+    report = build_report(out, run, "pytest")
+    return out, report, log
+
+
+def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
+    _, report, _ = tiny_run
+    pairs = report["pairs"]
+    assert {(p["querier"], p["provider"]) for p in pairs} == {("alice", "bob"), ("alice", "carol")}
+    for pair in pairs:
+        assert pair["status"] == "ok", pair.get("error")
+        assert pair["agreement"] == 1.0
+        assert pair["max_abs_error"] <= 1e-3
+        assert pair["encrypted_accuracy"] == pair["aligned_accuracy"]
+        assert pair["map_relative_error"] <= 1e-4
+        assert pair["n_queries"] == 70 and pair["latency_ms_per_query"] > 0
+        assert pair["bytes_per_query"] > 0 and pair["context_bytes"] > 0
+        assert 0.0 <= pair["native_accuracy"] <= 1.0
+
+
+def test_the_map_stays_with_the_querier(tiny_run):
+    out, report, _ = tiny_run
+    for pair in report["pairs"]:
+        fitted = AffineMap.load(out / "silos" / "alice" / "maps" / pair["provider"])
+        assert fitted.coef_.shape == (32, pair["d_provider"])
+    assert not (out / "silos" / "bob" / "maps").exists()
+
+
+def test_no_plaintext_embedding_or_secret_key_leaves_the_querier(tiny_run):
+    out, report, log = tiny_run
+    querier = out / "silos" / "alice"
+    public = load_file(querier / "public_embeddings.safetensors")
+    queries = load_file(querier / "query_embeddings.safetensors")["x"]
+    vectors = [*public["x_fit"], *public["x_val"], *queries]
+    for pair in report["pairs"]:
+        vectors += list(AffineMap.load(querier / "maps" / pair["provider"]).transform(queries))
+    needles = [np.asarray(v[:4], dtype=dt).tobytes() for v in vectors
+               for dt in (np.float32, np.float64)]
+    contexts = []
+    blobs = []
+    assert len(log) > 20
+    for _, message in log:
+        if message.has_error():
+            continue
+        for record in message.content.values():
+            assert not isinstance(record, ArrayRecord), "arrays must never travel"
+            assert isinstance(record, ConfigRecord)
+            for key, value in record.items():
+                if isinstance(value, list) and value and isinstance(value[0], float):
+                    assert len(value) < 16, f"{key}: a float list as long as an embedding"
+                values = value if isinstance(value, list) else [value]
+                for item in values:
+                    if isinstance(item, bytes):
+                        (contexts if key == "context" else blobs).append(item)
+    assert contexts and blobs
+    for data in contexts:
+        assert not ts.context_from(data).is_private()
+    public_context = ts.context_from(contexts[0])
+    for blob in blobs:  # every other byte string is a ciphertext under the querier's key
+        ts.ckks_vector_from(public_context, blob)
+        assert not any(needle in blob for needle in needles[:200])
+
+
+def test_a_failing_silo_fails_only_its_pairs(tmp_path):
+    paths = save_tiny_models(tmp_path)
+    corpus = write_corpus(tmp_path / "corpus.csv", 200)
+    out = tmp_path / "out"
+    overrides = [
+        f"dataset.name={corpus}", "dataset.n_public=80", "dataset.n_private=60",
+        "dataset.n_query=30", f"silos.alice.model={paths['bert']}",
+        f"silos.bob.model={paths['bert64']}", f"silos.carol.model={tmp_path / 'no-such-model'}",
+        f"run.output_dir={out}", f"run.cache_dir={tmp_path / 'cache'}",
+    ]
+    simulate(spying_server_app([]), client_app, num_silos=3, overrides=overrides)
+    run = json.loads((out / "run.json").read_text())
+    assert [p["provider"] for p in run["pairs"]] == ["bob"]
+    assert run["pairs"][0]["status"] == "ok"
+    assert any("carol" in e for e in run["errors"])
