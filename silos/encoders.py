@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from silos.pooling import POOLINGS, pool
 
@@ -57,6 +58,7 @@ class Encoder:
     @classmethod
     def from_pretrained(cls, path: str, *, causal: bool = False, name: str | None = None, **kwargs):
         loader = AutoModelForCausalLM if causal else AutoModel
+        hf_logging.disable_progress_bar()  # a load takes a second; its bar only adds noise
         model = loader.from_pretrained(path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, name=name or path, **kwargs)
@@ -83,7 +85,8 @@ class Encoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         batches = range(0, len(order), self.batch_size)
         show = self.show_progress and len(batches) > 1
-        for start in tqdm(batches, desc=f"embed {self.name}", unit="batch", disable=not show):
+        for start in tqdm(batches, desc=f"embed {self.name}", unit="batch", disable=not show,
+                           mininterval=2.0):
             index = order[start : start + self.batch_size]
             batch = self.tokenizer(
                 [texts[i] or " " for i in index],

@@ -76,6 +76,7 @@ class Provider:
             "train_accuracy": float((head.predict(private / scale) ==
                                      corpus.labels[split.private]).mean()),
             "native_accuracy": float((native_logits.argmax(1) == truth).mean()),
+            **{f"split_{k}": v for k, v in split.summary().items()},
         }
 
     def _public(self) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from crypto import (
 )
 from crypto.head import decrypt_logits, encrypt_queries
 from silos.alignment import AffineMap, augment, fit_quality
+from silos.data import write_split
 from silos.embedding_cache import encode_cached
 from silos.runtime import load_benchmark, load_encoder
 from silos.settings import SiloSettings
@@ -68,8 +69,10 @@ class Querier:
         save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
         save_file({"x": queries / scale, "labels": corpus.labels[split.query]},
                   s.workdir / "query_embeddings.safetensors")
+        write_split(s.workdir / "split.json", split, s.corpus.name)
         return {"seconds": time.perf_counter() - start, "dim": encoder.dim,
-                "n_fit": len(x_fit), "n_val": len(x_val), "n_queries": len(queries)}
+                "n_fit": len(x_fit), "n_val": len(x_val), "n_queries": len(queries),
+                **{f"split_{k}": v for k, v in split.summary().items()}}
 
     def _context(self):
         record = get_config(self.state, "querier.he", NOT_PREPARED)

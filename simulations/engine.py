@@ -38,6 +38,7 @@ def simulate(
 ) -> None:
     """Run ``server_app`` against ``num_silos`` simulated SuperNodes running ``client_app``."""
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs; silences a warning
     run_config = {"overrides": shlex.join(overrides)}
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)

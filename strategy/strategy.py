@@ -138,6 +138,10 @@ class SecureAlignmentStrategy:
     def align(self, grid: Grid, querier: Silo, provider: Silo, upload: ConfigRecord,
               ledger: Ledger) -> dict:
         """Fit the querier's map into the provider's space under encryption; fit quality."""
+        mine, theirs = (s.info.get("prepare_split_sha_public") for s in (querier, provider))
+        if mine != theirs:  # row i of X̃ and of Y must be the same public text
+            raise SiloError(provider.name, Action.CROSS_PRODUCTS,
+                            f"its public texts differ from {querier.name!r}'s ({theirs} vs {mine})")
         cross = self._ask(grid, provider, Action.CROSS_PRODUCTS, {
             "querier": querier.name, "context": upload["context"], "d_in": upload["d_in"],
             "fit": upload["fit"], "val": upload.get("val", [])}, ledger, "align")

@@ -81,3 +81,16 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> Path:
         writer.writerow(["text", "label"])
         writer.writerows(zip(texts, labels, strict=True))
     return path
+
+
+def tiny_overrides(root: Path, *, n_texts: int, n_public: int, n_private: int, n_query: int,
+                   carol: str | None = None) -> list[str]:
+    """Config overrides for a 3-silo run on the tiny models and a synthetic corpus under ``root``."""
+    paths = save_tiny_models(root)
+    corpus = write_corpus(root / "corpus.csv", n_texts)
+    return [
+        f"dataset.name={corpus}", f"dataset.n_public={n_public}", f"dataset.n_private={n_private}",
+        f"dataset.n_query={n_query}", f"silos.alice.model={paths['bert']}",
+        f"silos.bob.model={paths['bert64']}", f"silos.carol.model={carol or paths['llama']}",
+        f"run.output_dir={root / 'out'}", f"run.cache_dir={root / 'cache'}",
+    ]
