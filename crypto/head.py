@@ -18,10 +18,6 @@ from crypto.context import context_slots
 PATHS = ("batched", "single")
 
 
-def choose_path(batch_size: int) -> str:
-    return "single" if batch_size == 1 else "batched"
-
-
 def encrypt_queries(context: ts.Context, Z: np.ndarray, *, path: str) -> list[ts.CKKSVector]:
     """Querier side: encrypt aligned vectors Z (n × d) in the path's packing."""
     Z = np.asarray(Z, dtype=np.float64)

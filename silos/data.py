@@ -36,11 +36,6 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: np.ndarray) -> TextDataset:
-        return TextDataset(
-            self.name, [self.texts[i] for i in indices], self.labels[indices], self.label_names
-        )
-
 
 @dataclass(frozen=True)
 class Split:

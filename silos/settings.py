@@ -12,6 +12,8 @@ from conf import active_silos
 from crypto.params import CKKSParams
 from strategy.protocol import ROLES
 
+SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize"}
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -69,8 +71,11 @@ class SiloSettings:
         if name not in silos:
             raise KeyError(f"unknown silo {name!r}; configured silos: {list(silos)}")
         silo = silos[name]
-        if silo.role not in ROLES:
-            raise ValueError(f"silo {name!r}: role must be one of {ROLES}, got {silo.role!r}")
+        unknown = set(silo) - SILO_KEYS
+        if unknown:
+            raise KeyError(f"silo {name!r}: unknown keys {sorted(unknown)}; allowed: {sorted(SILO_KEYS)}")
+        if silo.get("role") not in ROLES:
+            raise ValueError(f"silo {name!r}: role must be one of {ROLES}, got {silo.get('role')!r}")
         encoder = EncoderSpec(
             model=str(silo.model),
             pooling=str(silo.get("pooling", cfg.encoder.pooling)),

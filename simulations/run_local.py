@@ -20,8 +20,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from conf import active_silos, he_presets, load_config
+from silos.data import PACKAGED_DATASETS
+from silos.registry import PACKAGED_MODELS
+from silos.settings import SiloSettings
 from simulations.engine import simulate
 from simulations.report import build_report
+from strategy.protocol import ROLES
 from strategy.table import format_table
 
 
@@ -34,7 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "public texts, then encrypted classification of the querier's private texts. Prints a "
             "table per (querier, provider) pair and writes report.json and report.md."
         ),
-        epilog=f"HE presets: {', '.join(he_presets())}. Config: conf/default.yaml.",
+        epilog=(
+            f"packaged models: {', '.join(PACKAGED_MODELS)}\n"
+            f"packaged corpora: {', '.join(PACKAGED_DATASETS)} (or a CSV path, or a HF dataset id)\n"
+            f"HE presets: {', '.join(he_presets())}\n"
+            "defaults and every key: conf/default.yaml; remove a silo with silos.NAME=null"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -47,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.overrides)
+        check_silos(cfg)
     except (KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     output_dir = Path(str(cfg.run.output_dir)).expanduser().resolve()
     overrides = [*args.overrides, f"run.output_dir={output_dir}"]
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     command = "python -m simulations.run_local " + " ".join(args.overrides)
     report = build_report(output_dir, json.loads(run_file.read_text()), command.strip())
-    print()
+    print("\nReport, with the benchmark's plaintext references:")
     print(format_table(report["pairs"]))
     print(f"\nreport: {output_dir / 'report.md'}  ({time.perf_counter() - started:.0f} s)")
     failed = [p for p in report["pairs"] if p.get("status") != "ok"]
@@ -78,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     for error in report["errors"]:
         print(f"error: {error}", file=sys.stderr)
     return 1 if failed or report["errors"] or not report["pairs"] else 0
+
+
+def check_silos(cfg) -> None:
+    """Fail before any worker starts: every silo's settings, the CKKS parameters, the roles."""
+    settings = [SiloSettings.from_config(cfg, name) for name in active_silos(cfg)]
+    for role in ROLES:
+        if not any(s.role == role for s in settings):
+            raise ValueError(f"no {role} among the configured silos {[s.name for s in settings]}")
+    settings[0].he.check()
 
 
 def _server_app():

@@ -36,6 +36,7 @@ def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
     out = Path(str(cfg.run.output_dir)).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps(summary, indent=2, default=str))
+    print("\nCoordinator's view (encrypted results only):", flush=True)
     print(format_table(summary["pairs"]), flush=True)
     for error in summary["errors"]:
         print(f"error: {error}", flush=True)

@@ -38,3 +38,15 @@ def test_missing_csv_and_column_are_clear_errors(tmp_path):
     path = write_corpus(tmp_path / "c.csv", 10)
     with pytest.raises(ValueError, match="no column 'topic'"):
         load_corpus(str(path), label_column="topic")
+
+
+def test_silo_config_typos_are_refused():
+    from conf import load_config
+    from silos.settings import SiloSettings
+
+    with pytest.raises(KeyError, match="modle"):
+        SiloSettings.from_config(load_config(["silos.bob.modle=x"]), "bob")
+    with pytest.raises(ValueError, match="role"):
+        SiloSettings.from_config(load_config(["silos.bob.role=boss"]), "bob")
+    with pytest.raises(KeyError, match="unknown silo"):
+        SiloSettings.from_config(load_config(), "mallory")

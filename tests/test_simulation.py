@@ -129,3 +129,16 @@ def test_a_failing_silo_fails_only_its_pairs(tmp_path):
     assert [p["provider"] for p in run["pairs"]] == ["bob"]
     assert run["pairs"][0]["status"] == "ok"
     assert any("carol" in e for e in run["errors"])
+
+
+def test_one_query_per_ciphertext_gives_the_same_predictions(tmp_path):
+    """serve.batch_size=1: the `dot` path with Galois keys, through Flower end to end."""
+    out = tmp_path / "out"
+    overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=12),
+                 "silos.carol=null", "serve.batch_size=1"]
+    simulate(spying_server_app([]), client_app, num_silos=2, overrides=overrides)
+    report = build_report(out, json.loads((out / "run.json").read_text()), "pytest")
+    (pair,) = report["pairs"]
+    assert pair["status"] == "ok", pair.get("error")
+    assert pair["path"] == "single" and pair["agreement"] == 1.0
+    assert pair["max_abs_error"] <= 1e-3
