@@ -38,7 +38,10 @@ def referee_pair(output_dir: Path, pair: dict) -> dict:
     encrypted = decrypted["logits"]
     relative = np.linalg.norm(encrypted_fit.coef_ - plaintext_fit.coef_) / np.linalg.norm(
         plaintext_fit.coef_)
+    r2, cosine = held_out_quality(encrypted_fit.alpha, x_public, y_public)
     return {
+        "plaintext_r2": r2,
+        "plaintext_cosine": cosine,
         "aligned_accuracy": float((reference.argmax(1) == truth).mean()),
         "plaintext_fit_accuracy": float((plain.argmax(1) == truth).mean()),
         "encrypted_accuracy": float((encrypted.argmax(1) == truth).mean()),
@@ -46,6 +49,18 @@ def referee_pair(output_dir: Path, pair: dict) -> dict:
         "max_abs_error": float(np.abs(encrypted - reference).max()),
         "map_relative_error": float(relative),
     }
+
+
+def held_out_quality(alpha: float, x: dict, y: dict) -> tuple[float, float]:
+    """R² and mean cosine on the held-out public texts, in plaintext: what the protocol reports."""
+    if not len(x["x_val"]):
+        return float("nan"), float("nan")
+    predicted = AffineMap(alpha).fit(x["x_fit"], y["y_fit"]).transform(x["x_val"])
+    target = y["y_val"].astype(np.float64)
+    r2 = 1 - ((predicted - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum()
+    cosine = np.sum(predicted * target, axis=1) / (
+        np.linalg.norm(predicted, axis=1) * np.linalg.norm(target, axis=1))
+    return float(r2), float(cosine.mean())
 
 
 def build_report(output_dir: Path, run: dict, command: str) -> dict:

@@ -71,6 +71,9 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
         assert pair["max_abs_error"] <= 1e-3
         assert pair["encrypted_accuracy"] == pair["aligned_accuracy"]
         assert pair["map_relative_error"] <= 1e-4
+        # Fit quality measured under encryption equals the plaintext computation.
+        assert pair["r2"] == pytest.approx(pair["plaintext_r2"], abs=1e-5)
+        assert pair["cosine"] == pytest.approx(pair["plaintext_cosine"], abs=1e-5)
         assert pair["n_queries"] == 70 and pair["latency_ms_per_query"] > 0
         assert pair["bytes_per_query"] > 0 and pair["context_bytes"] > 0
         assert 0.0 <= pair["native_accuracy"] <= 1.0
