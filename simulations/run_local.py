@@ -26,6 +26,7 @@ from silos.settings import SiloSettings
 from simulations.engine import simulate
 from simulations.report import build_report
 from strategy.protocol import ROLES
+from strategy.server_app import parse_pairs
 from strategy.table import format_table
 
 
@@ -97,6 +98,10 @@ def check_silos(cfg) -> None:
         if not any(s.role == role for s in settings):
             raise ValueError(f"no {role} among the configured silos {[s.name for s in settings]}")
     settings[0].he.check()
+    for querier, provider in parse_pairs(cfg.pairs) or []:
+        roles = {s.name: s.role for s in settings}
+        if roles.get(querier) != "querier" or roles.get(provider) != "provider":
+            raise ValueError(f"pair {querier}:{provider} is not a configured querier:provider pair")
 
 
 def _server_app():

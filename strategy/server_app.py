@@ -24,12 +24,23 @@ def main(grid: Grid, context: Context) -> None:
     run_coordinator(grid, load_config(str(context.run_config.get("overrides", ""))))
 
 
+def parse_pairs(pairs) -> list[tuple[str, str]] | None:
+    """``["alice:bob", ...]`` to name tuples; an empty list means every querier with every provider."""
+    if not pairs:
+        return None
+    parsed = [tuple(str(p).split(":")) for p in pairs]
+    if any(len(p) != 2 for p in parsed):
+        raise ValueError(f"pairs must look like 'querier:provider', got {list(pairs)}")
+    return parsed
+
+
 def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
     """Run the whole protocol over ``grid``; the summary is also written to output_dir/run.json."""
     strategy = SecureAlignmentStrategy(
         batch_size=int(cfg.serve.batch_size),
         timeout=float(cfg.serve.timeout),
         min_nodes=len(active_silos(cfg)),
+        pairs=parse_pairs(cfg.pairs),
     )
     summary = strategy.start(grid)
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)

@@ -59,16 +59,20 @@ class SecureAlignmentStrategy:
     batch_size : queries per encrypted batch (1 selects the one-query ``dot`` path).
     timeout : seconds to wait for the replies of one round.
     min_nodes : silos to wait for before starting (deployments connect over time).
+    wait_for_nodes : seconds to wait for them.
+    pairs : (querier, provider) names to run; None runs every querier with every provider.
     """
 
     def __init__(self, *, batch_size: int = 4096, timeout: float = 600.0, min_nodes: int = 2,
-                 wait_for_nodes: float = 120.0) -> None:
+                 wait_for_nodes: float = 120.0,
+                 pairs: list[tuple[str, str]] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.timeout = timeout
         self.min_nodes = min_nodes
         self.wait_for_nodes = wait_for_nodes
+        self.pairs = pairs
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _round(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
@@ -216,6 +220,8 @@ class SecureAlignmentStrategy:
         for querier in queriers:
             upload: ConfigRecord | None = None
             for provider in providers:
+                if self.pairs is not None and (querier.name, provider.name) not in self.pairs:
+                    continue
                 ledger = Ledger()
                 pair = {"querier": querier.name, "provider": provider.name,
                         "querier_model": querier.model, "provider_model": provider.model,
