@@ -47,11 +47,8 @@ def handle(action: Action, message: Message, context: Context) -> Message:
         # Work on a copy: a failing handler must leave the node's state as it was.
         state = context.state.copy()
         reply = getattr(role(settings, state), action.value)(message.content["request"])
-        for key in list(context.state.keys()):
-            if key not in state:
-                del context.state[key]
-        for key, record in state.items():
-            context.state[key] = record
+        context.state.clear()
+        context.state.update(state)
         return Message(reply_content(reply), reply_to=message)
     except Exception as err:  # reported to the coordinator; the silo keeps serving
         log.exception("silo failed on %s", action.value)

@@ -1,11 +1,12 @@
 """The whole Flower simulation with tiny in-memory models and three silos."""
 
 import json
+import time
 
 import numpy as np
 import pytest
 import tenseal as ts
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
 from tiny import tiny_overrides
@@ -161,3 +162,52 @@ def test_two_queriers_and_two_providers(tmp_path):
         assert pair["status"] == "ok", pair.get("error")
         assert pair["agreement"] == 1.0
     assert pairs["dave", "bob"]["d_querier"] == 48 and pairs["alice", "bob"]["d_querier"] == 32
+
+
+def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
+    """Malformed requests are answered with named errors; the same silos then run the protocol."""
+    from strategy.protocol import Action, error_of, message_type, request_content
+
+    errors: dict[str, str] = {}
+
+    def ask(grid, node, action, request):
+        message = Message(request_content(request), dst_node_id=node,
+                          message_type=message_type(action))
+        (reply,) = grid.send_and_receive([message], timeout=60)
+        return reply
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        nodes = {}
+        while len(list(grid.get_node_ids())) < 2:  # the simulated SuperNodes register in turn
+            time.sleep(0.1)
+        for node in grid.get_node_ids():
+            nodes[str(ask(grid, node, Action.DESCRIBE, {}).content["reply"]["silo"])] = node
+        bad = {
+            "evaluate before prepare": (nodes["bob"], Action.EVALUATE,
+                                        {"querier": "alice", "ciphertexts": [b"junk"],
+                                         "path": "batched", "n": 1}),
+            "querier action at a provider": (nodes["bob"], Action.ENCRYPT, {}),
+            "encrypt before a map": (nodes["alice"], Action.ENCRYPT,
+                                     {"provider": "bob", "start": 0, "stop": 1, "path": "batched"}),
+            "no request record": (nodes["alice"], Action.UPLOAD, None),
+        }
+        for name, (node, action, request) in bad.items():
+            content = request_content(request) if request is not None else RecordDict()
+            message = Message(content, dst_node_id=node, message_type=message_type(action))
+            (reply,) = grid.send_and_receive([message], timeout=60)
+            errors[name] = error_of(reply) or ""
+        run_coordinator(grid, load_config(context.run_config["overrides"]))
+
+    out = tmp_path / "out"
+    overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=20),
+                 "silos.carol=null"]
+    simulate(app, client_app, num_silos=2, overrides=overrides)
+    assert "LookupError" in errors["evaluate before prepare"]
+    assert "PermissionError" in errors["querier action at a provider"]
+    assert "LookupError" in errors["encrypt before a map"]
+    assert "no 'request' record" in errors["no request record"]
+    run = json.loads((out / "run.json").read_text())
+    assert [p["status"] for p in run["pairs"]] == ["ok"]
