@@ -58,3 +58,13 @@ def _unknown_keys(cli: DictConfig, base: DictConfig, prefix: str = "") -> list[s
 def active_silos(cfg: DictConfig) -> dict[str, DictConfig]:
     """Configured silos in node order; ``silos.NAME=null`` on the command line removes one."""
     return {name: silo for name, silo in cfg.silos.items() if silo is not None}
+
+
+def parse_pairs(pairs) -> list[tuple[str, str]] | None:
+    """``["alice:bob", ...]`` to name tuples; an empty list means every querier with every provider."""
+    if not pairs:
+        return None
+    parsed = [tuple(str(p).split(":")) for p in pairs]
+    if any(len(p) != 2 for p in parsed):
+        raise ValueError(f"pairs must look like 'querier:provider', got {list(pairs)}")
+    return parsed

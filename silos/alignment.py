@@ -59,6 +59,10 @@ class AffineMap:
         self.n_samples_ = int(n_samples)
         return self
 
+    def augmented_coef(self) -> np.ndarray:
+        """[coef_; intercept_], (d_in+1) × d_out: the map as it multiplies X̃ = [X, 1]."""
+        return np.vstack([self.coef_, self.intercept_])
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:

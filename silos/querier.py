@@ -122,30 +122,32 @@ class Querier:
         s = self.settings
         # Without a held-out part (holdout=0) nothing is scored and default_alpha is used.
         candidates = s.alphas if s.select_alpha and has_val else (s.default_alpha,)
-        r2 = {}
+        r2, held_out_maps = {}, {}
         xtx_val, xty_val = np.zeros_like(xtx_fit), np.zeros_like(xty_fit)
         if has_val:
             xa_val = augment(public["x_val"])
             xtx_val = xa_val.T @ xa_val
             xty_val = packing.decrypt(vectors_from_bytes(context, request["val"]), d_out)
             for alpha in candidates:
-                m = AffineMap(alpha).fit_from_stats(xtx_fit, xty_fit, n_samples=n_fit)
-                r2[alpha] = fit_quality(np.vstack([m.coef_, m.intercept_]), xtx=xtx_val,
+                held_out_maps[alpha] = AffineMap(alpha).fit_from_stats(
+                    xtx_fit, xty_fit, n_samples=n_fit)
+                r2[alpha] = fit_quality(held_out_maps[alpha].augmented_coef(), xtx=xtx_val,
                                         xty=xty_val, y_sq_sum=float(request["y_sq_sum_val"]),
                                         n_samples=len(xa_val))
         alpha = max(r2, key=r2.get) if r2 else s.default_alpha
         reply = {"alpha": alpha, "alphas": [float(a) for a in r2],
                  "r2_by_alpha": [float(v) for v in r2.values()]}
-        row_scale = 1.0
+        stats = {"xtx_fit": xtx_fit, "xty_fit": xty_fit, "xtx_val": xtx_val, "xty_val": xty_val,
+                 "alpha": np.array([alpha])}
         if has_val:
-            held_out_map = AffineMap(alpha).fit_from_stats(xtx_fit, xty_fit, n_samples=n_fit)
-            norms = np.linalg.norm(held_out_map.transform(public["x_val"]), axis=1)
+            held_out = held_out_maps[alpha]
+            norms = np.linalg.norm(held_out.transform(public["x_val"]), axis=1)
             rows = augment(public["x_val"]) / np.maximum(norms, 1e-12)[:, None]
             row_scale = 1.0 / max(1.0, float(np.abs(rows).max()))  # keep |row| <= 1, as for X̃
             reply["rows"] = vectors_to_bytes(packing.encrypt_rows(context, rows * row_scale))
-        put_arrays(self.state, f"querier.stats.{provider}", xtx_fit=xtx_fit, xty_fit=xty_fit,
-                   xtx_val=xtx_val, xty_val=xty_val, alpha=np.array([alpha]),
-                   r2=np.array([r2.get(alpha, np.nan)]), row_scale=np.array([row_scale]))
+            stats.update(held_out_coef=held_out.augmented_coef(), r2=np.array([r2[alpha]]),
+                         row_scale=np.array([row_scale]))
+        put_arrays(self.state, f"querier.stats.{provider}", **stats)
         reply["seconds"] = time.perf_counter() - start
         return reply
 
@@ -164,10 +166,8 @@ class Querier:
             context = self._context()
             packing = self._packing(context)
             products = packing.decrypt(vectors_from_bytes(context, request["products"]), d_out)
-            held_out = AffineMap(alpha).fit_from_stats(
-                stats["xtx_fit"], stats["xty_fit"], n_samples=n_fit)
-            w = np.vstack([held_out.coef_, held_out.intercept_])
-            cosine = float(np.sum(w * products) / (n_val * stats["row_scale"][0]))
+            cosine = float(np.sum(stats["held_out_coef"] * products)
+                           / (n_val * stats["row_scale"][0]))
             r2 = float(stats["r2"][0])
         final = AffineMap(alpha).fit_from_stats(
             stats["xtx_fit"] + stats["xtx_val"], stats["xty_fit"] + stats["xty_val"],

@@ -12,8 +12,10 @@ export FLWR_TELEMETRY_ENABLED=0 HF_HUB_OFFLINE=1
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr}"
 export PATH="$PWD/.venv/bin:$PATH"
 control_port="${FLWR_PORT:-19093}"
-num_silos=$(python -c "from conf import active_silos, load_config; import sys; \
-print(len(active_silos(load_config(sys.argv[1:]))))" "$@")
+read -r num_silos output_dir < <(python -c "import pathlib, sys
+from conf import active_silos, load_config
+cfg = load_config(sys.argv[1:])
+print(len(active_silos(cfg)), pathlib.Path(str(cfg.run.output_dir)).expanduser().resolve())" "$@")
 
 mkdir -p "$FLWR_HOME"
 cat > "$FLWR_HOME/config.toml" <<TOML
@@ -37,7 +39,5 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 
-output_dir=$(python -c "from conf import load_config; import sys, pathlib; \
-print(pathlib.Path(str(load_config(sys.argv[1:]).run.output_dir)).expanduser().resolve())" "$@")
 overrides="$* run.output_dir=${output_dir}"
 flwr run . local-sim --stream --run-config "overrides=\"${overrides}\""

@@ -19,14 +19,13 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from conf import active_silos, he_presets, load_config
+from conf import active_silos, he_presets, load_config, parse_pairs
 from silos.data import PACKAGED_DATASETS
 from silos.registry import PACKAGED_MODELS
 from silos.settings import SiloSettings
 from simulations.engine import simulate
 from simulations.report import build_report
 from strategy.protocol import ROLES
-from strategy.server_app import parse_pairs
 from strategy.table import format_table
 
 
@@ -98,8 +97,8 @@ def check_silos(cfg) -> None:
         if not any(s.role == role for s in settings):
             raise ValueError(f"no {role} among the configured silos {[s.name for s in settings]}")
     settings[0].he.check()
+    roles = {s.name: s.role for s in settings}
     for querier, provider in parse_pairs(cfg.pairs) or []:
-        roles = {s.name: s.role for s in settings}
         if roles.get(querier) != "querier" or roles.get(provider) != "provider":
             raise ValueError(f"pair {querier}:{provider} is not a configured querier:provider pair")
 

@@ -10,7 +10,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from conf import active_silos, load_config
+from conf import active_silos, load_config, parse_pairs
 from strategy.strategy import SecureAlignmentStrategy
 from strategy.table import format_table
 
@@ -22,16 +22,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run_coordinator(grid, load_config(str(context.run_config.get("overrides", ""))))
-
-
-def parse_pairs(pairs) -> list[tuple[str, str]] | None:
-    """``["alice:bob", ...]`` to name tuples; an empty list means every querier with every provider."""
-    if not pairs:
-        return None
-    parsed = [tuple(str(p).split(":")) for p in pairs]
-    if any(len(p) != 2 for p in parsed):
-        raise ValueError(f"pairs must look like 'querier:provider', got {list(pairs)}")
-    return parsed
 
 
 def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
