@@ -1,11 +1,20 @@
-"""Encrypted sufficient statistics of the alignment fit: Enc(X̃)ᵀ Y without rotations.
+"""Encrypted sufficient statistics of the alignment fit: Enc(X̃)ᵀ Y, block-diagonal packing.
 
-The querier encrypts each public text's augmented embedding x̃ (features + a ones column), the chunk
-replicated ``reps`` times across the slots. The provider multiplies every ciphertext by a plaintext
-whose ``reps`` blocks hold ``reps`` different entries of its own embedding y, and sums over texts:
-block b of output ciphertext g then holds column ``g·reps + b`` of X̃ᵀY. The sum over texts runs across
-ciphertexts, so no rotation (and no Galois key) is needed, and the querier decrypts exactly X̃ᵀY —
-no per-text partial sums. One ciphertext-plaintext multiply yields ``reps`` output columns.
+The querier encrypts its public embeddings X̃ (n × d_in) column-wise: a ciphertext holds F = S/T
+querier features, each in a block of T slots with its texts at slots [R, R + texts) (the first R
+slots of a block stay zero). For every part of R provider dimensions (d_out is cut into powers of
+two), the provider computes the hybrid diagonal product of Halevi–Shoup within each block:
+
+    y'[j] = Σ_{t<R} diag_t[j] · x[j + t],   diag_t[j] = Y[text at slot j + t, j mod R]
+
+with baby-step/giant-step rotations, then folds y' over strides T/2 … R: slot (block m, b) holds
+Σ_i X̃[i, m]·Y[i, b]. The zero slots make the reads that leave a block harmless, so one cyclic
+rotation serves all F blocks. One ciphertext × plaintext multiply yields S products; the diagonal
+plaintexts depend only on Y, so they are encoded once and reused by every querier ciphertext.
+The querier decrypts exactly X̃ᵀY, no per-text partial sums.
+
+``plan`` picks T and the part size R to minimise multiplies + rotations (a rotation costs ~11
+multiplies on this machine, measured by ``simulations/bench_crypto.py``).
 """
 
 from __future__ import annotations
@@ -14,99 +23,207 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal as ts
+import tenseal.sealapi as seal
 from tqdm.auto import tqdm
+
+from crypto.kit import CkksKit
+
+ROTATION_COST = 11.0  # one rotation ≈ this many multiply-adds (N=8192, one data prime)
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def _parts(d_out: int, cap: int) -> list[int]:
+    """d_out cut into powers of two no larger than ``cap`` (768 → [512, 256])."""
+    parts, rest = [], d_out
+    while rest:
+        size = min(cap, _pow2_floor(rest))
+        parts.append(size)
+        rest -= size
+    return parts
 
 
 @dataclass(frozen=True)
 class CrossProductPacking:
-    """Slot layout of Enc(X̃)ᵀY for ``d_in`` querier columns in ciphertexts of ``slots`` slots."""
+    """Slot layout of Enc(X̃)ᵀY for n texts, ``d_in`` querier and ``d_out`` provider columns."""
 
+    n: int
     d_in: int
+    d_out: int
     slots: int
+    block: int  # T: slots per feature block
+    part_cap: int  # largest R
 
-    def __post_init__(self) -> None:
-        if self.d_in < 1 or self.slots < 1:
-            raise ValueError(f"d_in and slots must be positive, got {self.d_in}, {self.slots}")
+    @classmethod
+    def plan(cls, n: int, d_in: int, d_out: int, slots: int) -> CrossProductPacking:
+        """The cheapest layout (multiplies + ROTATION_COST × rotations) for this shape."""
+        if min(n, d_in, d_out, slots) < 1:
+            raise ValueError(f"n, d_in, d_out and slots must be positive, got {n, d_in, d_out, slots}")
+        best = None
+        cap = 1
+        while cap <= min(_pow2_floor(d_out), slots // 2):
+            block = min(slots, 1 << math.ceil(math.log2(n + cap)))
+            if block - cap >= 1:
+                packing = cls(n, d_in, d_out, slots, block, cap)
+                if best is None or packing.cost < best.cost:
+                    best = packing
+            cap *= 2
+        if best is None:
+            raise ValueError(f"no layout fits {slots} slots")
+        return best
+
+    # -- layout -----------------------------------------------------------------------------------
+    @property
+    def texts_per_block(self) -> int:
+        return self.block - self.part_cap
 
     @property
-    def chunk(self) -> int:
-        """Querier columns per ciphertext (all of them unless d_in exceeds the slots)."""
-        return min(self.d_in, self.slots)
+    def n_text_chunks(self) -> int:
+        return math.ceil(self.n / self.texts_per_block)
 
     @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.d_in / self.chunk)
+    def features_per_ct(self) -> int:
+        return self.slots // self.block
 
     @property
-    def reps(self) -> int:
-        """Copies of a chunk per ciphertext = output columns per multiply."""
-        return self.slots // self.chunk
+    def n_feature_groups(self) -> int:
+        return math.ceil(self.d_in / self.features_per_ct)
 
-    def n_groups(self, d_out: int) -> int:
-        return math.ceil(d_out / self.reps)
+    @property
+    def n_ciphertexts(self) -> int:
+        return self.n_text_chunks * self.n_feature_groups
 
-    def _padded(self, X: np.ndarray) -> np.ndarray:
-        pad = self.n_chunks * self.chunk - self.d_in
-        return np.pad(X, ((0, 0), (0, pad))) if pad else X
+    @property
+    def parts(self) -> list[int]:
+        return _parts(self.d_out, self.part_cap)
+
+    @property
+    def baby(self) -> int:
+        return 1 << math.ceil(math.log2(self.part_cap) / 2)
+
+    @property
+    def rotation_steps(self) -> list[int]:
+        steps = set(range(1, self.baby))
+        for r in self.parts:
+            steps.update(q * self.baby for q in range(1, max(1, r // self.baby)))
+            steps.update(self.block >> s for s in range(1, int(math.log2(self.block // r)) + 1))
+        return sorted(steps)
+
+    @property
+    def cost(self) -> float:
+        multiplies = self.n_ciphertexts * sum(self.parts)
+        rotations = self.n_ciphertexts * (self.baby - 1) + self.n_feature_groups * sum(
+            max(1, r // self.baby) - 1 + int(math.log2(self.block // r)) for r in self.parts)
+        return multiplies + ROTATION_COST * rotations
 
     # -- querier ----------------------------------------------------------------------------------
-    def encrypt_rows(self, context: ts.Context, X: np.ndarray) -> list[ts.CKKSVector]:
-        """Encrypt the rows of X (n × d_in), chunk by chunk, each chunk tiled ``reps`` times."""
+    def encrypt(self, kit: CkksKit, X: np.ndarray, *, progress: bool = False) -> list[bytes]:
+        """Enc(X̃) in this layout, text chunk by text chunk."""
         X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.d_in:
-            raise ValueError(f"expected rows of {self.d_in} values, got shape {X.shape}")
-        chunks = self._padded(X).reshape(len(X), self.n_chunks, self.chunk)
-        return [
-            ts.ckks_vector(context, np.tile(chunk, self.reps).tolist())
-            for row in chunks
-            for chunk in row
-        ]
+        if X.shape != (self.n, self.d_in):
+            raise ValueError(f"expected X of shape {(self.n, self.d_in)}, got {X.shape}")
+        out = []
+        F, T, R = self.features_per_ct, self.block, self.part_cap
+        for tc in tqdm(range(self.n_text_chunks), desc="Enc(X̃)", disable=not progress):
+            rows = X[tc * self.texts_per_block : (tc + 1) * self.texts_per_block]
+            for fg in range(self.n_feature_groups):
+                cols = rows[:, fg * F : (fg + 1) * F]
+                slots = np.zeros((F, T))
+                slots[: cols.shape[1], R : R + len(rows)] = cols.T
+                out.append(kit.encrypt(slots.ravel(), scale_bits=kit.params.fit_input_scale_bits))
+        return out
 
-    def decrypt(self, vectors: list[ts.CKKSVector], d_out: int) -> np.ndarray:
-        """Decrypt the provider's reply into X̃ᵀY (d_in × d_out), float64."""
-        groups = self.n_groups(d_out)
-        if len(vectors) != self.n_chunks * groups:
-            raise ValueError(
-                f"expected {self.n_chunks * groups} product ciphertexts, got {len(vectors)}"
-            )
-        out = np.zeros((self.n_chunks * self.chunk, groups * self.reps))
-        for index, vector in enumerate(vectors):
-            c, g = divmod(index, groups)
-            blocks = np.asarray(vector.decrypt()[: self.reps * self.chunk]).reshape(self.reps, -1)
-            out[c * self.chunk : (c + 1) * self.chunk, g * self.reps : (g + 1) * self.reps] = blocks.T
-        return out[: self.d_in, :d_out]
+    def decrypt(self, kit: CkksKit, blobs: list[bytes]) -> np.ndarray:
+        """X̃ᵀY (d_in × d_out), float64, from the provider's reply (feature group × part)."""
+        parts = self.parts
+        if len(blobs) != self.n_feature_groups * len(parts):
+            raise ValueError(f"expected {self.n_feature_groups * len(parts)} product ciphertexts, "
+                             f"got {len(blobs)}")
+        F, T = self.features_per_ct, self.block
+        out = np.zeros((self.n_feature_groups * F, self.d_out))
+        for index, ct in enumerate(kit.load_many(blobs)):
+            fg, p = divmod(index, len(parts))
+            offset = sum(parts[:p])
+            blocks = kit.decrypt(ct).reshape(F, T)[:, : parts[p]]
+            out[fg * F : (fg + 1) * F, offset : offset + parts[p]] = blocks
+        return out[: self.d_in]
 
     # -- provider ---------------------------------------------------------------------------------
-    def multiply(
-        self, rows: list[ts.CKKSVector], Y: np.ndarray, *, progress: bool = False
-    ) -> list[ts.CKKSVector]:
-        """Enc(X̃)ᵀY from the querier's encrypted rows and the provider's plaintext Y (n × d_out).
+    def multiply(self, kit: CkksKit, blobs: list[bytes], Y: np.ndarray, *, x_bound: float = 1.0,
+                 progress: bool = False) -> list[bytes]:
+        """Enc(X̃)ᵀY from the querier's ciphertexts and the provider's plaintext Y (n × d_out).
 
-        Products are accumulated at scale², without rescaling: one rescale fewer per multiply, and
-        the querier decrypts at the accumulated scale. The rows' context must allow that (it is the
-        provider's copy of the public context; ``auto_rescale`` is switched off on it here).
+        ``x_bound`` is the querier's declared bound on |X̃|; with Y it bounds every sum, which sets
+        the plaintext scale (refused before computing if the chain cannot hold it).
         """
         Y = np.asarray(Y, dtype=np.float64)
-        n, d_out = Y.shape
-        if len(rows) != n * self.n_chunks:
-            raise ValueError(
-                f"{len(rows)} ciphertexts do not match {n} texts × {self.n_chunks} chunks"
-            )
+        if Y.shape != (self.n, self.d_out):
+            raise ValueError(f"expected Y of shape {(self.n, self.d_out)}, got {Y.shape}")
         if not np.isfinite(Y).all():
             raise ValueError("Y holds NaN or inf")
-        if rows:
-            rows[0].context().auto_rescale = False
-        groups = self.n_groups(d_out)
-        Ypad = np.pad(Y, ((0, 0), (0, groups * self.reps - d_out)))
-        acc: list[ts.CKKSVector | None] = [None] * (self.n_chunks * groups)
-        for i in tqdm(range(n), desc="Enc(X)ᵀY", unit="text", disable=not progress,
-                      mininterval=2.0):
-            for g in range(groups):
-                # block b of the plaintext repeats y[g·reps + b] over one chunk.
-                plain = np.repeat(Ypad[i, g * self.reps : (g + 1) * self.reps], self.chunk).tolist()
-                for c in range(self.n_chunks):
-                    k = c * groups + g
-                    product = rows[i * self.n_chunks + c] * plain
-                    acc[k] = product if acc[k] is None else acc[k].add_(product)
-        return [a for a in acc if a is not None]
+        if len(blobs) != self.n_ciphertexts:
+            raise ValueError(f"expected {self.n_ciphertexts} ciphertexts, got {len(blobs)}")
+        loaded = kit.load_many(blobs)
+        input_bits = max(kit.scale_bits(ct) for ct in loaded)
+        scale = kit.params.weight_scale_for(float(x_bound * np.abs(Y).sum(axis=0).max()),
+                                            input_bits)
+        parts, g = self.parts, self.baby
+        T, R = self.block, self.part_cap
+        # Encoded diagonals per (text chunk, part, giant step, baby step), built lazily per chunk.
+        accs: list[list[list[seal.Ciphertext | None]]] = [
+            [[None] * max(1, r // g) for r in parts] for _ in range(self.n_feature_groups)]
+        cts = iter(loaded)
+        bar = tqdm(total=self.n_ciphertexts, desc="Enc(X̃)ᵀY", unit="ct", disable=not progress,
+                   mininterval=2.0)
+        for tc in range(self.n_text_chunks):
+            Yc = np.zeros((T + R, self.d_out))  # slot s of a block holds the text at s - R
+            chunk = Y[tc * self.texts_per_block : (tc + 1) * self.texts_per_block]
+            Yc[R : R + len(chunk)] = chunk
+            diags = self._diagonals(kit, Yc, scale)
+            for fg in range(self.n_feature_groups):
+                ct = next(cts)
+                babies = [kit.rotate(ct, b) for b in range(min(g, R))]
+                for p in range(len(parts)):
+                    for q, row in enumerate(diags[p]):
+                        inner = accs[fg][p][q]
+                        for b, plain in enumerate(row):
+                            inner = kit.multiply_add(inner, babies[b], plain)
+                        accs[fg][p][q] = inner
+                bar.update()
+        bar.close()
+        out = []
+        for fg in range(self.n_feature_groups):
+            for p, r in enumerate(parts):
+                total = None
+                for q, inner in enumerate(accs[fg][p]):
+                    if inner is not None:
+                        total = kit.add_into(total, kit.rotate(inner, q * g))
+                if total is None:  # Y's columns of this part are all zero
+                    raise ValueError("the provider's embeddings round to zero at this scale")
+                stride = T // 2
+                while stride >= r:
+                    total = kit.add_into(total, kit.rotate(total, stride))
+                    stride //= 2
+                out.append(kit.dump(total))
+        return out
+
+    def _diagonals(self, kit: CkksKit, Yc: np.ndarray, scale: float) -> list[list[list]]:
+        """Plaintexts rot(diag_{q·g+β}, -q·g) for every part, tiled over the F blocks."""
+        T, F, g = self.block, self.features_per_ct, self.baby
+        j = np.arange(T)
+        encoded, offset = [], 0
+        for r in self.parts:
+            giants = []
+            for q in range(max(1, r // g)):
+                row = []
+                for b in range(min(g, r)):
+                    t = q * g + b
+                    diag = Yc[j + t, offset + j % r]  # zero where slot j + t leaves the block
+                    diag[j + t >= T] = 0.0
+                    row.append(kit.encode(np.tile(np.roll(diag, q * g), F), scale))
+                giants.append(row)
+            encoded.append(giants)
+            offset += r
+        return encoded

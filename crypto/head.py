@@ -1,50 +1,135 @@
 """A provider's linear head on encrypted inputs: Enc(z) ↦ Enc(z V + c), plaintext weights only.
 
-Two packings, picked by batch size:
-- ``batched`` (feature-major): ciphertext j holds feature j of up to N/2 queries; logit k is
-  Σ_j V[j,k]·ct_j + c[k]: scalar multiplies and adds only, no rotation, so no Galois keys.
-- ``single``: one ciphertext holds one query; logit k is ``dot(z, V[:,k]) + c[k]`` (TenSEAL's
-  rotate-and-sum, needs Galois keys). Never TenSEAL's ``matmul``: its cost grows with the input
-  dimension by ~d rotations (DESIGN.md).
+Two packings; the silos pick one by batch size (``serve.single_max``):
+
+- ``batched`` (feature-major SIMD): ciphertext j holds feature j of up to N/2 queries; logit k is
+  Σ_j V[j,k]·ct_j + c[k]: scalar multiplies and additions only, no rotation, so the querier's
+  public context carries **no Galois keys**. The provider returns K ciphertexts per batch.
+- ``single`` (one query per ciphertext): the hybrid diagonal method of Halevi–Shoup with
+  baby-step/giant-step. The query, zero-padded to a power-of-two period P, fills the slots; with
+  K' = next power of two ≥ K, ``y'[j] = Σ_{t<K'} diag_t[j]·z[j+t]`` where
+  ``diag_t[j] = V[(j+t) mod P, j mod K']``, then folding ``y'`` over strides P/2 … K' leaves logit k
+  in slot k. Rotations: (g-1) baby + (K'/g - 1) giant + log2(P/K') fold, ~10 for d=384, K=5,
+  against ~d for TenSEAL's ``matmul``. Galois keys are generated for exactly those steps.
+
+Results are never rescaled (``crypto.params``); the plaintext scale is chosen from a bound on the
+logits, checked before anything is computed.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import tenseal as ts
+import math
 
-from crypto.context import context_slots
+import numpy as np
+import tenseal.sealapi as seal
+
+from crypto.kit import CkksKit
 
 PATHS = ("batched", "single")
 
 
-def encrypt_queries(context: ts.Context, Z: np.ndarray, *, path: str) -> list[ts.CKKSVector]:
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+# Cost of one more query ciphertext (encode + encrypt + send) in rotations, measured by
+# simulations/bench_crypto.py at N=8192 on this machine (~1.3 ms vs ~0.74 ms).
+ENCRYPTION_COST = 1.8
+
+
+class SinglePlan:
+    """Slot layout and rotation steps of the single-query path for d inputs, K classes, S slots.
+
+    Baby steps are done by the querier, which encrypts ``copies`` rotated copies of its query:
+    a rotation of a fresh ciphertext would add key-switching noise (~2^15) at the small input
+    scale, while the provider's rotations all act on products, at a scale where it vanishes.
+    ``copies`` trades query ciphertexts for provider rotations (``ENCRYPTION_COST``).
+    """
+
+    def __init__(self, n_features: int, n_classes: int, slots: int) -> None:
+        if min(n_features, n_classes) < 1:
+            raise ValueError(f"need >= 1 feature and class, got {n_features}, {n_classes}")
+        self.n_features, self.n_classes, self.slots = n_features, n_classes, slots
+        self.k_pad = _pow2(n_classes)
+        if self.k_pad > slots:
+            raise ValueError(f"{n_classes} classes do not fit {slots} slots")
+        self.period = min(max(_pow2(n_features), self.k_pad), slots)  # P
+        self.n_chunks = math.ceil(n_features / self.period)  # d > slots: one ciphertext per chunk
+        options = [1 << i for i in range(int(math.log2(self.k_pad)) + 1)]
+        self.copies = min(options, key=lambda g: self.n_chunks * g * ENCRYPTION_COST + self.k_pad // g)
+        self.giant = self.k_pad // self.copies
+
+    @property
+    def ciphertexts_per_query(self) -> int:
+        return self.n_chunks * self.copies
+
+    @property
+    def rotation_steps(self) -> list[int]:
+        giant = (q * self.copies for q in range(1, self.giant))
+        fold = (self.period >> s for s in range(1, int(math.log2(self.period // self.k_pad)) + 1))
+        return sorted({*giant, *fold})
+
+    @property
+    def n_rotations(self) -> int:
+        """Rotations per query (the path's cost driver)."""
+        return self.giant - 1 + int(math.log2(self.period // self.k_pad))
+
+    def tile(self, z: np.ndarray) -> list[np.ndarray]:
+        """The querier's slot vectors for one query: per chunk and copy β, the chunk zero-padded to
+        P, rotated left by β, tiled over the slots."""
+        padded = np.zeros(self.n_chunks * self.period)
+        padded[: self.n_features] = z
+        return [np.tile(np.roll(chunk, -b), self.slots // self.period)
+                for chunk in padded.reshape(self.n_chunks, self.period)
+                for b in range(self.copies)]
+
+    def diagonals(self, coef: np.ndarray) -> np.ndarray:
+        """(chunks, giant, copies, slots): rot(diag_{q·g+β}, -q·g), tiled — the plaintexts."""
+        P, K, g = self.period, self.k_pad, self.copies
+        V = np.zeros((self.n_chunks * P, K))
+        V[: self.n_features, : self.n_classes] = coef
+        j = np.arange(P)
+        out = np.empty((self.n_chunks, self.giant, g, self.slots))
+        for c in range(self.n_chunks):
+            block = V[c * P : (c + 1) * P]
+            for q in range(self.giant):
+                for b in range(g):
+                    diag = block[(j + q * g + b) % P, j % K]
+                    out[c, q, b] = np.tile(np.roll(diag, q * g), self.slots // P)
+        return out
+
+
+def encrypt_queries(kit: CkksKit, Z: np.ndarray, *, path: str, n_classes: int) -> list[bytes]:
     """Querier side: encrypt aligned vectors Z (n × d) in the path's packing."""
     Z = np.asarray(Z, dtype=np.float64)
-    if Z.ndim != 2 or len(Z) == 0:
+    if Z.ndim != 2 or Z.size == 0:
         raise ValueError(f"expected a non-empty (n, d) array, got shape {Z.shape}")
     if not np.isfinite(Z).all():
         raise ValueError("aligned vectors hold NaN or inf")
     if path == "batched":
-        slots = context_slots(context)
-        if len(Z) > slots:
-            raise ValueError(f"a batch holds at most {slots} queries, got {len(Z)}")
-        return [ts.ckks_vector(context, column.tolist()) for column in Z.T]
+        return [kit.encrypt(Z[g : g + kit.slots, j])
+                for g in range(0, len(Z), kit.slots) for j in range(Z.shape[1])]
     if path == "single":
-        return [ts.ckks_vector(context, row.tolist()) for row in Z]
+        plan = SinglePlan(Z.shape[1], n_classes, kit.slots)
+        return [kit.encrypt(v) for z in Z for v in plan.tile(z)]
     raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
 
 
-def decrypt_logits(vectors: list[ts.CKKSVector], *, path: str, n: int, n_classes: int) -> np.ndarray:
+def decrypt_logits(kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
+                   n_classes: int) -> np.ndarray:
     """Querier side: decrypt the provider's reply into an (n, K) float64 array of logits."""
+    vectors = kit.load_many(blobs)
     if path == "batched":
-        if len(vectors) != n_classes:
-            raise ValueError(f"expected {n_classes} logit ciphertexts, got {len(vectors)}")
-        return np.stack([np.asarray(v.decrypt()[:n]) for v in vectors], axis=1)
+        groups = math.ceil(n / kit.slots)
+        if len(vectors) != groups * n_classes:
+            raise ValueError(f"expected {groups * n_classes} logit ciphertexts, got {len(vectors)}")
+        columns = [kit.decrypt(v) for v in vectors]
+        return np.concatenate([np.stack(columns[g * n_classes : (g + 1) * n_classes], axis=1)
+                               for g in range(groups)])[:n]
     if path == "single":
-        if len(vectors) != n * n_classes:
-            raise ValueError(f"expected {n * n_classes} logit ciphertexts, got {len(vectors)}")
-        return np.asarray([v.decrypt()[0] for v in vectors]).reshape(n, n_classes)
+        if len(vectors) != n:
+            raise ValueError(f"expected {n} logit ciphertexts, got {len(vectors)}")
+        return np.stack([kit.decrypt(v)[:n_classes] for v in vectors])
     raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
 
 
@@ -59,6 +144,9 @@ class EncryptedLinearHead:
                 f"coef must be (d, K) and intercept (K,), got {self.coef.shape}, "
                 f"{self.intercept.shape}"
             )
+        if not (np.isfinite(self.coef).all() and np.isfinite(self.intercept).all()):
+            raise ValueError("the head holds NaN or inf")
+        self._diagonals: dict[tuple, list] = {}
 
     @property
     def n_features(self) -> int:
@@ -68,35 +156,86 @@ class EncryptedLinearHead:
     def n_classes(self) -> int:
         return self.coef.shape[1]
 
-    def evaluate(self, vectors: list[ts.CKKSVector], *, path: str) -> list[ts.CKKSVector]:
+    def plan(self, slots: int) -> SinglePlan:
+        return SinglePlan(self.n_features, self.n_classes, slots)
+
+    def weight_scale(self, kit: CkksKit, input_bits: float) -> float:
+        """Largest plaintext scale whose logits (|z| <= max_abs_input) fit the data primes."""
+        bound = (np.abs(self.coef).sum(axis=0) * kit.params.max_abs_input
+                 + np.abs(self.intercept)).max()
+        return kit.params.weight_scale_for(float(bound), input_bits)
+
+    def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int) -> list[bytes]:
+        """Ciphertext bytes in, logit ciphertext bytes out (the provider's whole job)."""
         if path == "batched":
-            return self.evaluate_batched(vectors)
+            return [kit.dump(ct) for ct in self.evaluate_batched(kit, kit.load_many(blobs), n)]
         if path == "single":
-            return [logit for v in vectors for logit in self.evaluate_single(v)]
+            plan = self.plan(kit.slots)
+            per = plan.ciphertexts_per_query
+            if len(blobs) != n * per:
+                raise ValueError(f"expected {n * per} query ciphertexts for {n} queries, "
+                                 f"got {len(blobs)}")
+            cts = kit.load_many(blobs)
+            return [kit.dump(self.evaluate_single(kit, cts[i * per : (i + 1) * per]))
+                    for i in range(n)]
         raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
 
-    def evaluate_batched(self, features: list[ts.CKKSVector]) -> list[ts.CKKSVector]:
-        """K logit ciphertexts from d feature-major ciphertexts (slot i = query i)."""
-        if len(features) != self.n_features:
-            raise ValueError(
-                f"expected {self.n_features} feature ciphertexts, got {len(features)}"
-            )
+    def evaluate_batched(self, kit: CkksKit, features: list[seal.Ciphertext],
+                         n: int) -> list[seal.Ciphertext]:
+        """K logit ciphertexts per group of N/2 queries, from d feature-major ciphertexts per group."""
+        groups = math.ceil(n / kit.slots)
+        if n < 1 or len(features) != groups * self.n_features:
+            raise ValueError(f"expected {groups * self.n_features} feature ciphertexts for {n} "
+                             f"queries, got {len(features)}")
+        scale = self.weight_scale(kit, max(kit.scale_bits(ct) for ct in features))
+        weights = [[kit.encode(float(self.coef[j, k]), scale) for k in range(self.n_classes)]
+                   for j in range(self.n_features)]
         logits = []
-        for k in range(self.n_classes):
-            acc = None
-            for j, ct in enumerate(features):
-                term = ct * float(self.coef[j, k])
-                acc = term if acc is None else acc.add_(term)
-            logits.append(acc.add_(float(self.intercept[k])))
+        for g in range(groups):
+            cts = features[g * self.n_features : (g + 1) * self.n_features]
+            for k in range(self.n_classes):
+                acc = None
+                for j, ct in enumerate(cts):
+                    acc = kit.multiply_add(acc, ct, weights[j][k])
+                if acc is None:
+                    raise ValueError(f"the head's column {k} rounds to zero at this scale")
+                kit.evaluator.add_plain_inplace(
+                    acc, kit.encode(float(self.intercept[k]), acc.scale, like=acc))
+                logits.append(acc)
         return logits
 
-    def evaluate_single(self, vector: ts.CKKSVector) -> list[ts.CKKSVector]:
-        """K one-slot logit ciphertexts for one query (needs Galois keys in the context)."""
-        if vector.size() != self.n_features:
-            raise ValueError(f"expected a {self.n_features}-d ciphertext, got {vector.size()}")
-        if not vector.context().has_galois_keys():
-            raise ValueError("the single-query path needs a context with Galois keys")
-        return [
-            vector.dot(self.coef[:, k].tolist()).add_(float(self.intercept[k]))
-            for k in range(self.n_classes)
-        ]
+    def _encoded_diagonals(self, kit: CkksKit, plan: SinglePlan, scale: float) -> list:
+        key = (kit.params, scale)
+        if key not in self._diagonals:  # encoded once per head and parameter set, reused per query
+            diags = plan.diagonals(self.coef)
+            self._diagonals[key] = [[[kit.encode(diags[c, q, b], scale)
+                                      for b in range(plan.copies)] for q in range(plan.giant)]
+                                    for c in range(plan.n_chunks)]
+        return self._diagonals[key]
+
+    def evaluate_single(self, kit: CkksKit, query: list[seal.Ciphertext]) -> seal.Ciphertext:
+        """One logit ciphertext (slot k = logit k) from one query's ciphertexts (chunk × copy)."""
+        plan = self.plan(kit.slots)
+        if len(query) != plan.ciphertexts_per_query:
+            raise ValueError(f"expected {plan.ciphertexts_per_query} ciphertexts per query, "
+                             f"got {len(query)}")
+        input_bits = max(kit.scale_bits(ct) for ct in query)
+        diags = self._encoded_diagonals(kit, plan, self.weight_scale(kit, input_bits))
+        total = None
+        for q in range(plan.giant):
+            inner = None
+            for c in range(plan.n_chunks):
+                for b in range(plan.copies):
+                    inner = kit.multiply_add(inner, query[c * plan.copies + b], diags[c][q][b])
+            if inner is not None:
+                total = kit.add_into(total, kit.rotate(inner, q * plan.copies))
+        if total is None:
+            raise ValueError("the head's weights round to zero at this scale")
+        stride = plan.period // 2
+        while stride >= plan.k_pad:
+            total = kit.add_into(total, kit.rotate(total, stride))
+            stride //= 2
+        bias = np.zeros(kit.slots)
+        bias[: self.n_classes] = self.intercept
+        kit.evaluator.add_plain_inplace(total, kit.encode(bias, total.scale, like=total))
+        return total

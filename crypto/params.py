@@ -1,12 +1,26 @@
-"""CKKS parameter sets and the checks that refuse unsafe or unusable ones before anything is encrypted."""
+"""CKKS parameter sets and the checks that refuse unsafe or unusable ones before anything is encrypted.
+
+The protocol needs exactly one ciphertext × plaintext multiply per result (a matrix product), then
+only additions and rotations. So the results are never rescaled: a ciphertext lives on the data
+primes only (the last prime is SEAL's special prime for key switching) and is decrypted at scale
+``input_scale × weight_scale``. One 60-bit data prime holds that product with room to spare, which
+makes every ciphertext, key and operation as small as CKKS allows; a chain with more data primes
+only buys headroom.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import asdict, dataclass
 
 # Largest total coefficient modulus (bits) that keeps 128-bit classical security for a ternary secret,
 # from the Homomorphic Encryption Standard (Albrecht et al., 2018), Table 1 — the table SEAL enforces.
 MAX_LOG_Q_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+# Fewest bits a plaintext weight may be encoded with: 2^-16 relative error per weight keeps the
+# protocol's 1e-3 absolute error with several thousand terms summed.
+MIN_WEIGHT_SCALE_BITS = 16
 
 
 class InsecureParametersError(ValueError):
@@ -15,15 +29,23 @@ class InsecureParametersError(ValueError):
 
 @dataclass(frozen=True)
 class CKKSParams:
-    """A CKKS parameter set: ring degree, modulus chain (bits per prime) and encoding scale.
+    """A CKKS parameter set: ring degree, modulus chain (bits per prime) and the two encoding scales.
 
-    The first prime holds the integer part of the results, the middle primes are consumed by rescaling
-    (one per plaintext multiply), the last is the special prime used for key switching.
+    ``input_scale_bits`` is the scale of encrypted queries, ``fit_input_scale_bits`` that of the
+    encrypted public embeddings, which the fitting rotates *before* multiplying: a rotation adds
+    key-switching noise of ~N·σ ≈ 2^15 whatever the scale, so they need the higher one.
+    ``weight_scale_bits`` is the largest scale of the plaintexts they are multiplied by (lowered per
+    computation when the result's bound needs the room, see :meth:`weight_scale_for`).
+    ``max_abs_input`` bounds every encrypted query value: the querier refuses to encrypt beyond it
+    and the provider sizes its scales with it.
     """
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
-    global_scale_bits: int = 40
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60)
+    input_scale_bits: int = 25
+    fit_input_scale_bits: int = 30
+    weight_scale_bits: int = 30
+    max_abs_input: float = 4.0
     allow_insecure: bool = False
 
     @classmethod
@@ -33,9 +55,27 @@ class CKKSParams:
         return cls(
             poly_modulus_degree=int(get("poly_modulus_degree")),
             coeff_mod_bit_sizes=tuple(int(b) for b in get("coeff_mod_bit_sizes")),
-            global_scale_bits=int(get("global_scale_bits")),
+            input_scale_bits=int(get("input_scale_bits", cls.input_scale_bits)),
+            fit_input_scale_bits=int(get("fit_input_scale_bits", cls.fit_input_scale_bits)),
+            weight_scale_bits=int(get("weight_scale_bits", cls.weight_scale_bits)),
+            max_abs_input=float(get("max_abs_input", cls.max_abs_input)),
             allow_insecure=bool(get("allow_insecure", False)),
         )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CKKSParams:
+        """Parameters sent by a querier; a provider checks them before building anything."""
+        try:
+            values = json.loads(text)
+            values["coeff_mod_bit_sizes"] = tuple(values["coeff_mod_bit_sizes"])
+            return cls(**values).check()
+        except (TypeError, KeyError, ValueError) as err:
+            if isinstance(err, InsecureParametersError):
+                raise
+            raise InsecureParametersError(f"malformed CKKS parameters ({err})") from None
 
     @property
     def slots(self) -> int:
@@ -46,12 +86,12 @@ class CKKSParams:
         return sum(self.coeff_mod_bit_sizes)
 
     @property
-    def levels(self) -> int:
-        """Plaintext multiplies (rescales) the chain allows."""
-        return len(self.coeff_mod_bit_sizes) - 2
+    def data_bits(self) -> int:
+        """Bits of the primes a ciphertext lives on (all but the special prime)."""
+        return sum(self.coeff_mod_bit_sizes[:-1])
 
     def check(self) -> CKKSParams:
-        """Raise InsecureParametersError unless the set is >= 128-bit and can hold one multiply."""
+        """Raise InsecureParametersError unless the set is >= 128-bit and can hold one product."""
         n = self.poly_modulus_degree
         if n not in MAX_LOG_Q_128:
             raise InsecureParametersError(
@@ -63,26 +103,49 @@ class CKKSParams:
                 "security (HE Standard). Shorten coeff_mod_bit_sizes, raise N, or set "
                 "he.allow_insecure=true for experiments only."
             )
-        if self.levels < 1:
+        if len(self.coeff_mod_bit_sizes) < 2:
             raise InsecureParametersError(
-                "the modulus chain needs at least one middle prime (one rescale) for the plaintext "
-                f"multiply of the protocol, got {list(self.coeff_mod_bit_sizes)}"
+                "the modulus chain needs a data prime and a special prime (for rotations), got "
+                f"{list(self.coeff_mod_bit_sizes)}"
             )
-        middle = self.coeff_mod_bit_sizes[1:-1]
-        if any(bits != self.global_scale_bits for bits in middle):
+        if any(not 20 <= b <= 60 for b in self.coeff_mod_bit_sizes):
             raise InsecureParametersError(
-                f"middle primes {list(middle)} must equal the scale ({self.global_scale_bits} bits) "
-                "or every rescale drifts the scale"
+                f"SEAL primes must have 20 to 60 bits, got {list(self.coeff_mod_bit_sizes)}"
             )
-        headroom = self.coeff_mod_bit_sizes[0] - self.global_scale_bits
-        if headroom < 10:
+        if self.coeff_mod_bit_sizes[-1] < max(self.coeff_mod_bit_sizes[:-1]):
             raise InsecureParametersError(
-                f"first prime leaves {headroom} bits above the scale: results above 2^{headroom - 1} "
-                "would wrap around; raise the first prime or lower global_scale_bits"
+                "the special (last) prime must be at least as large as every data prime, or key "
+                "switching (rotations) adds noise of the size of the data"
             )
-        if self.global_scale_bits < 25:
+        if min(self.input_scale_bits, self.fit_input_scale_bits) < 20:
             raise InsecureParametersError(
-                f"a {self.global_scale_bits}-bit scale cannot reach the 1e-3 accuracy the protocol "
-                "promises; use >= 25 bits"
+                f"input scales of {self.input_scale_bits} / {self.fit_input_scale_bits} bits cannot "
+                "reach the 1e-3 accuracy the protocol promises; use >= 20 bits"
             )
+        if not self.max_abs_input > 0:
+            raise InsecureParametersError(f"max_abs_input must be positive, got {self.max_abs_input}")
+        self.weight_scale_for(self.max_abs_input)  # the simplest product must fit
+        self.weight_scale_for(1.0, self.fit_input_scale_bits)
         return self
+
+    def weight_scale_for(self, bound: float, input_scale_bits: float | None = None) -> float:
+        """Plaintext scale for a product whose decrypted values are bounded by ``bound``.
+
+        The result lives at ``input_scale × weight_scale`` in ``data_bits`` bits, one of which is the
+        sign and one a margin for noise. Raises InsecureParametersError if the weights would get
+        fewer than MIN_WEIGHT_SCALE_BITS bits: the computation does not fit this chain, and it is
+        refused before anything is computed rather than decrypted as garbage.
+        """
+        if not math.isfinite(bound) or bound < 0:
+            raise InsecureParametersError(f"the result bound must be finite, got {bound}")
+        input_bits = self.input_scale_bits if input_scale_bits is None else input_scale_bits
+        room = math.floor(self.data_bits - 2 - input_bits - max(0, math.ceil(math.log2(bound + 1))))
+        bits = min(self.weight_scale_bits, room)
+        if bits < MIN_WEIGHT_SCALE_BITS:
+            raise InsecureParametersError(
+                f"results up to {bound:.3g} need {input_bits:g} + "
+                f"{MIN_WEIGHT_SCALE_BITS} + {math.ceil(math.log2(bound + 1))} + 2 bits, the data "
+                f"primes {list(self.coeff_mod_bit_sizes[:-1])} hold {self.data_bits}: use a longer "
+                "chain or a smaller input scale"
+            )
+        return 2.0**bits

@@ -1,0 +1,218 @@
+"""The SEAL objects of one CKKS parameter set, for the querier (with the secret key) or a provider.
+
+Built on TenSEAL's ``sealapi`` rather than its ``CKKSVector`` because the protocol needs what the
+vector API hides: symmetric encryption whose ciphertexts travel *seeded* (half the bytes), Galois
+keys for only the rotation steps a computation uses, pre-encoded plaintexts reused across
+ciphertexts, and products left unrescaled (see ``crypto.params``).
+
+What leaves the querier is :meth:`CkksKit.public_bytes`: the parameters and, when a computation
+rotates, Galois keys for its steps. Galois keys are public evaluation keys; the secret key is only
+ever serialised by :meth:`CkksKit.secret_key_bytes`, for the querier's own node state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from crypto.params import CKKSParams, InsecureParametersError
+from crypto.serialization import CiphertextError, dump, load_into
+
+
+class KeyMaterialError(ValueError):
+    """Key material that is missing, of the wrong kind, or not for these parameters."""
+
+
+def galois_element(step: int, poly_modulus_degree: int) -> int:
+    """SEAL's Galois element for a left rotation of the CKKS slots by ``step`` (3^step mod 2N)."""
+    slots = poly_modulus_degree // 2
+    if step % slots == 0:
+        raise ValueError(f"rotation step {step} is the identity on {slots} slots")
+    return pow(3, step % slots, 2 * poly_modulus_degree)
+
+
+class CkksKit:
+    """Encoder, evaluator and keys of one parameter set.
+
+    ``CkksKit.generate(params)`` makes a querier's kit with a fresh secret key;
+    ``CkksKit(params)`` a provider's, which can evaluate but never encrypt nor decrypt.
+    """
+
+    def __init__(self, params: CKKSParams, *, secret_key: seal.SecretKey | None = None) -> None:
+        self.params = params.check()
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(params.poly_modulus_degree)
+        parms.set_coeff_modulus(
+            seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes)))
+        security = seal.SEC_LEVEL_TYPE.NONE if params.allow_insecure else seal.SEC_LEVEL_TYPE.TC128
+        self.context = seal.SEALContext(parms, True, security)
+        if not self.context.parameters_set():
+            raise InsecureParametersError(
+                f"SEAL refuses these parameters: {self.context.parameters_error_message()}")
+        self.encoder = seal.CKKSEncoder(self.context)
+        self.evaluator = seal.Evaluator(self.context)
+        self.galois_keys: seal.GaloisKeys | None = None
+        self.rotation_steps: frozenset[int] = frozenset()
+        self._secret_key = secret_key
+        if secret_key is not None:
+            self._encryptor = seal.Encryptor(self.context, secret_key)
+            self._decryptor = seal.Decryptor(self.context, secret_key)
+            self._keygen = seal.KeyGenerator(self.context, secret_key)
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, params: CKKSParams) -> CkksKit:
+        """A querier's kit with a new secret key."""
+        params.check()
+        probe = cls(params)
+        return cls(params, secret_key=seal.KeyGenerator(probe.context).secret_key())
+
+    @classmethod
+    def from_secret(cls, params: CKKSParams, secret_key: bytes) -> CkksKit:
+        """The querier's kit again, from its node state."""
+        probe = cls(params)
+        key = load_into(seal.SecretKey(), probe.context, secret_key, "secret key")
+        return cls(params, secret_key=key)
+
+    @classmethod
+    def from_public(cls, data: bytes) -> CkksKit:
+        """A provider's kit from a querier's :meth:`public_bytes` (parameters checked first)."""
+        params_json, keys = _split(data)
+        kit = cls(CKKSParams.from_json(params_json))
+        if keys:
+            kit.galois_keys = load_into(seal.GaloisKeys(), kit.context, keys, "Galois keys")
+            kit.rotation_steps = frozenset(
+                s for s in range(1, kit.slots)
+                if kit.galois_keys.has_key(galois_element(s, kit.params.poly_modulus_degree)))
+        return kit
+
+    # -- keys -------------------------------------------------------------------------------------
+    @property
+    def is_private(self) -> bool:
+        return self._secret_key is not None
+
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    def secret_key_bytes(self) -> bytes:
+        """The secret key, for the querier's own node state only."""
+        return dump(self._require_secret())
+
+    def public_bytes(self, rotation_steps: Iterable[int] = ()) -> bytes:
+        """Parameters + Galois keys for ``rotation_steps`` only (none: a few hundred bytes).
+
+        Galois keys are generated seeded (SEAL halves their size); nothing here can decrypt.
+        """
+        self._require_secret()
+        steps = sorted({int(s) % self.slots for s in rotation_steps} - {0})
+        keys = b""
+        if steps:
+            elements = [galois_element(s, self.params.poly_modulus_degree) for s in steps]
+            keys = dump(self._keygen.create_galois_keys(elements))
+        return _join(self.params.to_json().encode(), keys)
+
+    def _require_secret(self) -> seal.SecretKey:
+        if self._secret_key is None:
+            raise KeyMaterialError(
+                "this kit holds no secret key (a provider's kit cannot encrypt or decrypt)")
+        return self._secret_key
+
+    # -- querier: encrypt / decrypt ---------------------------------------------------------------
+    def encrypt(self, values: np.ndarray, *, scale_bits: int | None = None) -> bytes:
+        """Seeded symmetric encryption of up to ``slots`` values (default: the input scale)."""
+        self._require_secret()
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if len(values) > self.slots:
+            raise ValueError(f"{len(values)} values do not fit {self.slots} slots")
+        if not np.isfinite(values).all():
+            raise ValueError("refusing to encrypt NaN or inf")
+        bound = self.params.max_abs_input
+        if len(values) and np.abs(values).max() > bound:
+            raise ValueError(
+                f"|value| {np.abs(values).max():.3g} exceeds he.max_abs_input={bound:g}: the "
+                "provider's scales assume it; rescale the inputs or raise the bound")
+        plain = seal.Plaintext()
+        bits = self.params.input_scale_bits if scale_bits is None else scale_bits
+        self.encoder.encode(values.tolist(), 2.0**bits, plain)
+        return dump(self._encryptor.encrypt_symmetric(plain))
+
+    def decrypt(self, ciphertext: seal.Ciphertext) -> np.ndarray:
+        self._require_secret()
+        plain = seal.Plaintext()
+        self._decryptor.decrypt(ciphertext, plain)
+        return np.asarray(self.encoder.decode_double(plain))
+
+    # -- both: (de)serialise ----------------------------------------------------------------------
+    def load(self, data: bytes, what: str = "ciphertext") -> seal.Ciphertext:
+        ciphertext = load_into(seal.Ciphertext(), self.context, data, what)
+        if ciphertext.size() != 2:
+            raise CiphertextError(f"{what}: expected a fresh 2-part ciphertext, got "
+                                  f"{ciphertext.size()} parts")
+        return ciphertext
+
+    def load_many(self, blobs: Iterable[bytes]) -> list[seal.Ciphertext]:
+        return [self.load(b, f"ciphertext {i}") for i, b in enumerate(blobs)]
+
+    @staticmethod
+    def scale_bits(ciphertext: seal.Ciphertext) -> float:
+        return float(np.log2(ciphertext.scale))
+
+    @staticmethod
+    def dump(ciphertext: seal.Ciphertext) -> bytes:
+        return dump(ciphertext)
+
+    # -- provider: evaluate -----------------------------------------------------------------------
+    def encode(self, values: np.ndarray | float, scale: float,
+               like: seal.Ciphertext | None = None) -> seal.Plaintext:
+        """A plaintext at ``scale`` (at ``like``'s level); scalars fill every slot."""
+        plain = seal.Plaintext()
+        value = float(values) if np.isscalar(values) else np.asarray(values, np.float64).tolist()
+        if like is None:
+            self.encoder.encode(value, scale, plain)
+        else:
+            self.encoder.encode(value, like.parms_id(), scale, plain)
+        return plain
+
+    def multiply_add(self, acc: seal.Ciphertext | None, ciphertext: seal.Ciphertext,
+                     plain: seal.Plaintext) -> seal.Ciphertext | None:
+        """``acc + ciphertext × plain``; an all-zero plaintext adds nothing (SEAL refuses the
+        transparent product it would make)."""
+        if plain.is_zero():
+            return acc
+        out = seal.Ciphertext()
+        self.evaluator.multiply_plain(ciphertext, plain, out)
+        return self.add_into(acc, out)
+
+    def add_into(self, acc: seal.Ciphertext | None, term: seal.Ciphertext) -> seal.Ciphertext:
+        if acc is None:
+            return term
+        self.evaluator.add_inplace(acc, term)
+        return acc
+
+    def rotate(self, ciphertext: seal.Ciphertext, step: int) -> seal.Ciphertext:
+        """Slots rotated left by ``step`` (needs the Galois key for that exact step)."""
+        step %= self.slots
+        if step == 0:
+            return ciphertext
+        if self.galois_keys is None or step not in self.rotation_steps:
+            raise KeyMaterialError(f"no Galois key for rotation step {step}: the querier's public "
+                            f"context holds steps {sorted(self.rotation_steps)}")
+        out = seal.Ciphertext()
+        self.evaluator.rotate_vector(ciphertext, step, self.galois_keys, out)
+        return out
+
+
+def _join(params: bytes, keys: bytes) -> bytes:
+    return len(params).to_bytes(4, "little") + params + keys
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    if not isinstance(data, bytes | bytearray) or len(data) < 4:
+        raise InsecureParametersError("expected a public context (parameters + keys)")
+    size = int.from_bytes(data[:4], "little")
+    if size > len(data) - 4:
+        raise InsecureParametersError("truncated public context")
+    return bytes(data[4:4 + size]), bytes(data[4 + size:])
