@@ -19,6 +19,7 @@ multiplies on this machine, measured by ``simulations/bench_crypto.py``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import tenseal.sealapi as seal
 from tqdm.auto import tqdm
 
 from crypto.kit import CkksKit
+from crypto.processes import start_helper
 
 ROTATION_COST = 11.0  # one rotation ≈ this many multiply-adds (N=8192, one data prime)
 
@@ -132,7 +134,8 @@ class CrossProductPacking:
                 cols = rows[:, fg * F : (fg + 1) * F]
                 slots = np.zeros((F, T))
                 slots[: cols.shape[1], R : R + len(rows)] = cols.T
-                out.append(kit.encrypt(slots.ravel(), scale_bits=kit.params.fit_input_scale_bits))
+                out.append(kit.encrypt(slots.ravel(), scale_bits=kit.params.fit_input_scale_bits,
+                                       first_level=True))
         return out
 
     def decrypt(self, kit: CkksKit, blobs: list[bytes]) -> np.ndarray:
@@ -152,11 +155,12 @@ class CrossProductPacking:
 
     # -- provider ---------------------------------------------------------------------------------
     def multiply(self, kit: CkksKit, blobs: list[bytes], Y: np.ndarray, *, x_bound: float = 1.0,
-                 progress: bool = False) -> list[bytes]:
+                 workers: int = 1, progress: bool = False) -> list[bytes]:
         """Enc(X̃)ᵀY from the querier's ciphertexts and the provider's plaintext Y (n × d_out).
 
         ``x_bound`` is the querier's declared bound on |X̃|; with Y it bounds every sum, which sets
-        the plaintext scale (refused before computing if the chain cannot hold it).
+        the plaintext scale (refused before computing if the chain cannot hold it). ``workers`` > 1
+        splits the querier's feature groups over that many processes (SEAL runs on one core).
         """
         Y = np.asarray(Y, dtype=np.float64)
         if Y.shape != (self.n, self.d_out):
@@ -165,51 +169,39 @@ class CrossProductPacking:
             raise ValueError("Y holds NaN or inf")
         if len(blobs) != self.n_ciphertexts:
             raise ValueError(f"expected {self.n_ciphertexts} ciphertexts, got {len(blobs)}")
-        loaded = kit.load_many(blobs)
-        input_bits = max(kit.scale_bits(ct) for ct in loaded)
-        scale = kit.params.weight_scale_for(float(x_bound * np.abs(Y).sum(axis=0).max()),
-                                            input_bits)
-        parts, g = self.parts, self.baby
-        T, R = self.block, self.part_cap
-        # Encoded diagonals per (text chunk, part, giant step, baby step), built lazily per chunk.
-        accs: list[list[list[seal.Ciphertext | None]]] = [
-            [[None] * max(1, r // g) for r in parts] for _ in range(self.n_feature_groups)]
-        cts = iter(loaded)
-        bar = tqdm(total=self.n_ciphertexts, desc="Enc(X̃)ᵀY", unit="ct", disable=not progress,
+        loaded = kit.load_many(blobs)  # validates every ciphertext before any work
+        if len({(tuple(ct.parms_id()), ct.scale) for ct in loaded}) > 1:
+            raise ValueError("the querier's ciphertexts differ in level or scale")
+        bound = float(x_bound * np.abs(Y).sum(axis=0).max())
+        scale = kit.params.weight_scale_for(bound, kit.scale_bits(loaded[0]),
+                                            kit.level_bits(loaded[0]))
+        # blobs are text chunk-major; a task is one feature group over all text chunks.
+        groups = [[blobs[tc * self.n_feature_groups + fg] for tc in range(self.n_text_chunks)]
+                  for fg in range(self.n_feature_groups)]
+        bar = tqdm(total=len(groups), desc="Enc(X̃)ᵀY", unit="group", disable=not progress,
                    mininterval=2.0)
-        for tc in range(self.n_text_chunks):
-            Yc = np.zeros((T + R, self.d_out))  # slot s of a block holds the text at s - R
-            chunk = Y[tc * self.texts_per_block : (tc + 1) * self.texts_per_block]
-            Yc[R : R + len(chunk)] = chunk
-            diags = self._diagonals(kit, Yc, scale)
-            for fg in range(self.n_feature_groups):
-                ct = next(cts)
-                babies = [kit.rotate(ct, b) for b in range(min(g, R))]
-                for p in range(len(parts)):
-                    for q, row in enumerate(diags[p]):
-                        inner = accs[fg][p][q]
-                        for b, plain in enumerate(row):
-                            inner = kit.multiply_add(inner, babies[b], plain)
-                        accs[fg][p][q] = inner
+        # Shares for helper processes (the last share stays here, with the progress bar).
+        workers = max(1, min(workers, len(groups)))
+        bounds = np.linspace(0, len(groups), workers + 1).astype(int)
+        job = {"public": kit.public_data, "packing": self, "Y": Y, "scale": scale, "bound": bound}
+        helpers = [start_helper({**job, "groups": groups[a:b]})
+                   for a, b in itertools.pairwise(bounds[:-1])]
+        try:
+            worker = _GroupWorker(kit, self, Y, scale, bound)
+            mine = []
+            bar.update(int(bounds[-2]))
+            for group in groups[bounds[-2]:]:
+                mine.append(worker.run(group))
                 bar.update()
+            out = [blob for helper in helpers for group in helper.result() for blob in group]
+        finally:
+            for helper in helpers:
+                helper.stop()
         bar.close()
-        out = []
-        for fg in range(self.n_feature_groups):
-            for p, r in enumerate(parts):
-                total = None
-                for q, inner in enumerate(accs[fg][p]):
-                    if inner is not None:
-                        total = kit.add_into(total, kit.rotate(inner, q * g))
-                if total is None:  # Y's columns of this part are all zero
-                    raise ValueError("the provider's embeddings round to zero at this scale")
-                stride = T // 2
-                while stride >= r:
-                    total = kit.add_into(total, kit.rotate(total, stride))
-                    stride //= 2
-                out.append(kit.dump(total))
-        return out
+        return out + [blob for group in mine for blob in group]
 
-    def _diagonals(self, kit: CkksKit, Yc: np.ndarray, scale: float) -> list[list[list]]:
+    def _diagonals(self, kit: CkksKit, Yc: np.ndarray, scale: float,
+                   like: seal.Ciphertext) -> list[list[list]]:
         """Plaintexts rot(diag_{q·g+β}, -q·g) for every part, tiled over the F blocks."""
         T, F, g = self.block, self.features_per_ct, self.baby
         j = np.arange(T)
@@ -222,8 +214,72 @@ class CrossProductPacking:
                     t = q * g + b
                     diag = Yc[j + t, offset + j % r]  # zero where slot j + t leaves the block
                     diag[j + t >= T] = 0.0
-                    row.append(kit.encode(np.tile(np.roll(diag, q * g), F), scale))
+                    row.append(kit.encode(np.tile(np.roll(diag, q * g), F), scale, like=like))
                 giants.append(row)
             encoded.append(giants)
             offset += r
         return encoded
+
+
+class _GroupWorker:
+    """The provider's work for one feature group: diagonals encoded once, reused for every group."""
+
+    def __init__(self, kit: CkksKit, packing: CrossProductPacking, Y: np.ndarray, scale: float,
+                 bound: float) -> None:
+        self.kit, self.packing, self.bound = kit, packing, bound
+        T, R = packing.block, packing.part_cap
+        self.diags = []
+        for tc in range(packing.n_text_chunks):
+            Yc = np.zeros((T + R, packing.d_out))  # slot s of a block holds the text at s - R
+            chunk = Y[tc * packing.texts_per_block : (tc + 1) * packing.texts_per_block]
+            Yc[R : R + len(chunk)] = chunk
+            self.diags.append((Yc, scale))
+        self._encoded: list | None = None  # encoded at the level of the first group's ciphertexts
+
+    def run(self, blobs: list[bytes]) -> list[bytes]:
+        kit, packing = self.kit, self.packing
+        cts = kit.load_many(blobs)
+        if self._encoded is None:
+            self._encoded = [packing._diagonals(kit, Yc, scale, cts[0]) for Yc, scale in self.diags]
+        parts, g = packing.parts, packing.baby
+        accs: list[list[seal.Ciphertext | None]] = [[None] * max(1, r // g) for r in parts]
+        for ct, diags in zip(cts, self._encoded, strict=True):
+            babies = [kit.rotate(ct, b) for b in range(min(g, packing.part_cap))]
+            for p in range(len(parts)):
+                for q, row in enumerate(diags[p]):
+                    for b, plain in enumerate(row):
+                        accs[p][q] = kit.multiply_add(accs[p][q], babies[b], plain)
+        out = []
+        for p, r in enumerate(parts):
+            total = None
+            for q, inner in enumerate(accs[p]):
+                if inner is None:
+                    continue
+                self._rescale(inner)
+                total = kit.add_into(total, kit.rotate(inner, q * g))
+            if total is None:  # Y's columns of this part are all zero
+                raise ValueError("the provider's embeddings round to zero at this scale")
+            stride = packing.block // 2
+            while stride >= r:
+                total = kit.add_into(total, kit.rotate(total, stride))
+                stride //= 2
+            out.append(kit.dump(total))
+        return out
+
+    def _rescale(self, ct: seal.Ciphertext) -> None:
+        """Drop to the last prime before rotating when the sums still fit it: rotations and the
+        reply then cost half."""
+        kit = self.kit
+        if kit.level_bits(ct) <= kit.params.query_bits:
+            return
+        dropped = kit.level_bits(ct) - kit.params.query_bits
+        after = kit.scale_bits(ct) - dropped
+        if after + math.log2(self.bound + 1) + 2 <= kit.params.query_bits and after >= 30:
+            kit.evaluator.rescale_to_inplace(ct, kit.context.last_parms_id())
+
+
+def run_job(job: dict) -> list[list[bytes]]:
+    """A helper process's share: ``job`` as built by :meth:`CrossProductPacking.multiply`."""
+    worker = _GroupWorker(CkksKit.from_public(job["public"]), job["packing"], job["Y"],
+                          job["scale"], job["bound"])
+    return [worker.run(group) for group in job["groups"]]

@@ -159,11 +159,12 @@ class EncryptedLinearHead:
     def plan(self, slots: int) -> SinglePlan:
         return SinglePlan(self.n_features, self.n_classes, slots)
 
-    def weight_scale(self, kit: CkksKit, input_bits: float) -> float:
-        """Largest plaintext scale whose logits (|z| <= max_abs_input) fit the data primes."""
+    def weight_scale(self, kit: CkksKit, like: seal.Ciphertext) -> float:
+        """Largest plaintext scale whose logits (|z| <= max_abs_input) fit ``like``'s primes."""
         bound = (np.abs(self.coef).sum(axis=0) * kit.params.max_abs_input
                  + np.abs(self.intercept)).max()
-        return kit.params.weight_scale_for(float(bound), input_bits)
+        return kit.params.weight_scale_for(float(bound), kit.scale_bits(like),
+                                           kit.level_bits(like))
 
     def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int) -> list[bytes]:
         """Ciphertext bytes in, logit ciphertext bytes out (the provider's whole job)."""
@@ -187,8 +188,11 @@ class EncryptedLinearHead:
         if n < 1 or len(features) != groups * self.n_features:
             raise ValueError(f"expected {groups * self.n_features} feature ciphertexts for {n} "
                              f"queries, got {len(features)}")
-        scale = self.weight_scale(kit, max(kit.scale_bits(ct) for ct in features))
-        weights = [[kit.encode(float(self.coef[j, k]), scale) for k in range(self.n_classes)]
+        if len({(tuple(ct.parms_id()), ct.scale) for ct in features}) > 1:
+            raise ValueError("the query ciphertexts differ in level or scale")
+        scale = self.weight_scale(kit, features[0])
+        weights = [[kit.encode(float(self.coef[j, k]), scale, like=features[0])
+                    for k in range(self.n_classes)]
                    for j in range(self.n_features)]
         logits = []
         for g in range(groups):
@@ -204,11 +208,12 @@ class EncryptedLinearHead:
                 logits.append(acc)
         return logits
 
-    def _encoded_diagonals(self, kit: CkksKit, plan: SinglePlan, scale: float) -> list:
-        key = (kit.params, scale)
+    def _encoded_diagonals(self, kit: CkksKit, plan: SinglePlan, scale: float,
+                           like: seal.Ciphertext) -> list:
+        key = (kit.params, scale, tuple(like.parms_id()))
         if key not in self._diagonals:  # encoded once per head and parameter set, reused per query
             diags = plan.diagonals(self.coef)
-            self._diagonals[key] = [[[kit.encode(diags[c, q, b], scale)
+            self._diagonals[key] = [[[kit.encode(diags[c, q, b], scale, like=like)
                                       for b in range(plan.copies)] for q in range(plan.giant)]
                                     for c in range(plan.n_chunks)]
         return self._diagonals[key]
@@ -219,8 +224,9 @@ class EncryptedLinearHead:
         if len(query) != plan.ciphertexts_per_query:
             raise ValueError(f"expected {plan.ciphertexts_per_query} ciphertexts per query, "
                              f"got {len(query)}")
-        input_bits = max(kit.scale_bits(ct) for ct in query)
-        diags = self._encoded_diagonals(kit, plan, self.weight_scale(kit, input_bits))
+        if len({(tuple(ct.parms_id()), ct.scale) for ct in query}) > 1:
+            raise ValueError("the query ciphertexts differ in level or scale")
+        diags = self._encoded_diagonals(kit, plan, self.weight_scale(kit, query[0]), query[0])
         total = None
         for q in range(plan.giant):
             inner = None

@@ -55,6 +55,7 @@ class CkksKit:
         self.evaluator = seal.Evaluator(self.context)
         self.galois_keys: seal.GaloisKeys | None = None
         self.rotation_steps: frozenset[int] = frozenset()
+        self.public_data: bytes = b""  # what from_public was built from (for worker processes)
         self._secret_key = secret_key
         if secret_key is not None:
             self._encryptor = seal.Encryptor(self.context, secret_key)
@@ -81,6 +82,7 @@ class CkksKit:
         """A provider's kit from a querier's :meth:`public_bytes` (parameters checked first)."""
         params_json, keys = _split(data)
         kit = cls(CKKSParams.from_json(params_json))
+        kit.public_data = bytes(data)
         if keys:
             kit.galois_keys = load_into(seal.GaloisKeys(), kit.context, keys, "Galois keys")
             kit.rotation_steps = frozenset(
@@ -121,8 +123,13 @@ class CkksKit:
         return self._secret_key
 
     # -- querier: encrypt / decrypt ---------------------------------------------------------------
-    def encrypt(self, values: np.ndarray, *, scale_bits: int | None = None) -> bytes:
-        """Seeded symmetric encryption of up to ``slots`` values (default: the input scale)."""
+    def encrypt(self, values: np.ndarray, *, scale_bits: int | None = None,
+                first_level: bool = False) -> bytes:
+        """Seeded symmetric encryption of up to ``slots`` values.
+
+        Default: a query, at the input scale on the last level (one prime: the smallest
+        ciphertext). ``first_level``: on every data prime, for the fitting's longer computation.
+        """
         self._require_secret()
         values = np.asarray(values, dtype=np.float64).ravel()
         if len(values) > self.slots:
@@ -136,7 +143,8 @@ class CkksKit:
                 "provider's scales assume it; rescale the inputs or raise the bound")
         plain = seal.Plaintext()
         bits = self.params.input_scale_bits if scale_bits is None else scale_bits
-        self.encoder.encode(values.tolist(), 2.0**bits, plain)
+        level = self.context.first_parms_id() if first_level else self.context.last_parms_id()
+        self.encoder.encode(values.tolist(), level, 2.0**bits, plain)
         return dump(self._encryptor.encrypt_symmetric(plain))
 
     def decrypt(self, ciphertext: seal.Ciphertext) -> np.ndarray:
@@ -160,6 +168,11 @@ class CkksKit:
     def scale_bits(ciphertext: seal.Ciphertext) -> float:
         return float(np.log2(ciphertext.scale))
 
+    def level_bits(self, ciphertext: seal.Ciphertext) -> int:
+        """Bits of the primes ``ciphertext`` lives on (its room for a product)."""
+        data = self.context.get_context_data(ciphertext.parms_id())
+        return data.total_coeff_modulus_bit_count()
+
     @staticmethod
     def dump(ciphertext: seal.Ciphertext) -> bytes:
         return dump(ciphertext)
@@ -167,13 +180,11 @@ class CkksKit:
     # -- provider: evaluate -----------------------------------------------------------------------
     def encode(self, values: np.ndarray | float, scale: float,
                like: seal.Ciphertext | None = None) -> seal.Plaintext:
-        """A plaintext at ``scale`` (at ``like``'s level); scalars fill every slot."""
+        """A plaintext at ``scale``, at ``like``'s level (default: the queries' last level)."""
         plain = seal.Plaintext()
         value = float(values) if np.isscalar(values) else np.asarray(values, np.float64).tolist()
-        if like is None:
-            self.encoder.encode(value, scale, plain)
-        else:
-            self.encoder.encode(value, like.parms_id(), scale, plain)
+        level = self.context.last_parms_id() if like is None else like.parms_id()
+        self.encoder.encode(value, level, scale, plain)
         return plain
 
     def multiply_add(self, acc: seal.Ciphertext | None, ciphertext: seal.Ciphertext,

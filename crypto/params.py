@@ -1,11 +1,13 @@
 """CKKS parameter sets and the checks that refuse unsafe or unusable ones before anything is encrypted.
 
 The protocol needs exactly one ciphertext × plaintext multiply per result (a matrix product), then
-only additions and rotations. So the results are never rescaled: a ciphertext lives on the data
-primes only (the last prime is SEAL's special prime for key switching) and is decrypted at scale
-``input_scale × weight_scale``. One 60-bit data prime holds that product with room to spare, which
-makes every ciphertext, key and operation as small as CKKS allows; a chain with more data primes
-only buys headroom.
+only additions and rotations. So results are never rescaled: they are decrypted at scale
+``input_scale × weight_scale``. Queries are encrypted at the *last* level, on the first prime alone
+(60 bits hold a logit product with 2^-20 precision), which makes every query ciphertext and
+operation as small as CKKS allows. The public embeddings of the fitting are encrypted at the
+*first* level, on all data primes (the last prime is SEAL's special prime for key switching),
+because the fitting rotates them before multiplying and sums thousands of products: 100 bits give
+it 40-bit scales.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class CKKSParams:
     """
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60)
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
     input_scale_bits: int = 25
-    fit_input_scale_bits: int = 30
-    weight_scale_bits: int = 30
+    fit_input_scale_bits: int = 40
+    weight_scale_bits: int = 40
     max_abs_input: float = 4.0
     allow_insecure: bool = False
 
@@ -87,8 +89,13 @@ class CKKSParams:
 
     @property
     def data_bits(self) -> int:
-        """Bits of the primes a ciphertext lives on (all but the special prime)."""
+        """Bits of a ciphertext at the first level (all primes but the special one): the fitting."""
         return sum(self.coeff_mod_bit_sizes[:-1])
+
+    @property
+    def query_bits(self) -> int:
+        """Bits of a ciphertext at the last level (the first prime only): encrypted queries."""
+        return self.coeff_mod_bit_sizes[0]
 
     def check(self) -> CKKSParams:
         """Raise InsecureParametersError unless the set is >= 128-bit and can hold one product."""
@@ -125,10 +132,11 @@ class CKKSParams:
         if not self.max_abs_input > 0:
             raise InsecureParametersError(f"max_abs_input must be positive, got {self.max_abs_input}")
         self.weight_scale_for(self.max_abs_input)  # the simplest product must fit
-        self.weight_scale_for(1.0, self.fit_input_scale_bits)
+        self.weight_scale_for(1.0, self.fit_input_scale_bits, self.data_bits)
         return self
 
-    def weight_scale_for(self, bound: float, input_scale_bits: float | None = None) -> float:
+    def weight_scale_for(self, bound: float, input_scale_bits: float | None = None,
+                         level_bits: int | None = None) -> float:
         """Plaintext scale for a product whose decrypted values are bounded by ``bound``.
 
         The result lives at ``input_scale × weight_scale`` in ``data_bits`` bits, one of which is the
@@ -139,13 +147,13 @@ class CKKSParams:
         if not math.isfinite(bound) or bound < 0:
             raise InsecureParametersError(f"the result bound must be finite, got {bound}")
         input_bits = self.input_scale_bits if input_scale_bits is None else input_scale_bits
-        room = math.floor(self.data_bits - 2 - input_bits - max(0, math.ceil(math.log2(bound + 1))))
+        level_bits = self.query_bits if level_bits is None else level_bits
+        room = math.floor(level_bits - 2 - input_bits - max(0, math.ceil(math.log2(bound + 1))))
         bits = min(self.weight_scale_bits, room)
         if bits < MIN_WEIGHT_SCALE_BITS:
             raise InsecureParametersError(
                 f"results up to {bound:.3g} need {input_bits:g} + "
-                f"{MIN_WEIGHT_SCALE_BITS} + {math.ceil(math.log2(bound + 1))} + 2 bits, the data "
-                f"primes {list(self.coeff_mod_bit_sizes[:-1])} hold {self.data_bits}: use a longer "
-                "chain or a smaller input scale"
+                f"{MIN_WEIGHT_SCALE_BITS} + {math.ceil(math.log2(bound + 1))} + 2 bits, the "
+                f"ciphertext's primes hold {level_bits}: use a longer chain or a smaller input scale"
             )
         return 2.0**bits

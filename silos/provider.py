@@ -1,6 +1,7 @@
 """The provider: owns a private head, computes on the querier's ciphertexts, never decrypts.
 
-It receives only public contexts (refused if they carry a secret key) and ciphertexts; it returns
+It receives only public contexts (CKKS parameters, checked, and Galois keys) and ciphertexts; its
+kit has no secret key, so it cannot encrypt nor decrypt. It returns
 ciphertexts, plus one plaintext scalar per alignment (Σ‖y‖² of the held-out public texts, for R²).
 """
 
@@ -12,14 +13,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 from safetensors.numpy import save_file
 
-from crypto import (
-    CrossProductPacking,
-    EncryptedLinearHead,
-    context_from_bytes,
-    context_slots,
-    vectors_from_bytes,
-    vectors_to_bytes,
-)
+from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
 from silos.runtime import load_benchmark, load_encoder
@@ -82,33 +76,42 @@ class Provider:
     def _public(self) -> dict[str, np.ndarray]:
         return get_arrays(self.state, "provider.public", NOT_PREPARED)
 
-    def _receive_context(self, request: ConfigRecord):
-        """The querier's public context: from this request (and kept), or kept from alignment."""
+    def _receive_context(self, request: ConfigRecord) -> CkksKit:
+        """The querier's public context: from this request (and kept), or the one kept before."""
         querier = str(request["querier"])
         if "context" in request:
             data = bytes(request["context"])
-            context = context_from_bytes(data, expect_public=True)
+            kit = CkksKit.from_public(data)
             put_config(self.state, "provider.contexts", **{querier: data})
-            return context
+            return kit
         contexts = get_config(self.state, "provider.contexts",
                               f"no public context from querier {querier!r} (align first)")
         if querier not in contexts:
             raise LookupError(f"no public context from querier {querier!r} (align first)")
-        return context_from_bytes(contexts[querier], expect_public=True)
+        return CkksKit.from_public(bytes(contexts[querier]))
+
+    @staticmethod
+    def _x_bound(request: ConfigRecord) -> float:
+        bound = float(request.get("x_bound", 1.0))
+        if not 0.0 < bound < float("inf"):
+            raise ValueError(f"x_bound must be a positive finite bound on |X̃|, got {bound}")
+        return bound
 
     def cross_products(self, request: ConfigRecord) -> dict:
         """Enc(X̃)ᵀY for the fit and held-out public texts, from the querier's encrypted rows."""
         start = time.perf_counter()
         public = self._public()
-        context = self._receive_context(request)
-        packing = CrossProductPacking(d_in=int(request["d_in"]), slots=context_slots(context))
-        reply = {"d_out": int(public["y_fit"].shape[1])}
-        fit = packing.multiply(vectors_from_bytes(context, request["fit"]), public["y_fit"],
-                               progress=True)
-        reply["fit"] = vectors_to_bytes(fit)
-        if len(public["y_val"]):
-            val = packing.multiply(vectors_from_bytes(context, request["val"]), public["y_val"])
-            reply["val"] = vectors_to_bytes(val)
+        kit = self._receive_context(request)
+        d_in, bound = int(request["d_in"]), self._x_bound(request)
+        y_fit, y_val = public["y_fit"], public["y_val"]
+        reply = {"d_out": int(y_fit.shape[1])}
+        fit = CrossProductPacking.plan(len(y_fit), d_in, y_fit.shape[1], kit.slots)
+        reply["fit"] = fit.multiply(kit, list(request["fit"]), y_fit, x_bound=bound,
+                                    workers=self.settings.workers, progress=True)
+        if len(y_val):
+            val = CrossProductPacking.plan(len(y_val), d_in, y_val.shape[1], kit.slots)
+            reply["val"] = val.multiply(kit, list(request["val"]), y_val, x_bound=bound,
+                                        workers=self.settings.workers)
             reply["y_sq_sum_val"] = float(np.sum(public["y_val"].astype(np.float64) ** 2))
         reply["seconds"] = time.perf_counter() - start
         return reply
@@ -117,11 +120,13 @@ class Provider:
         """Enc(D·X̃)ᵀŶ on the held-out texts, Ŷ the row-normalised provider embeddings."""
         start = time.perf_counter()
         y_val = self._public()["y_val"].astype(np.float64)
-        context = self._receive_context(request)
-        packing = CrossProductPacking(d_in=int(request["d_in"]), slots=context_slots(context))
+        kit = self._receive_context(request)
+        packing = CrossProductPacking.plan(len(y_val), int(request["d_in"]), y_val.shape[1],
+                                           kit.slots)
         y_hat = y_val / np.maximum(np.linalg.norm(y_val, axis=1, keepdims=True), 1e-12)
-        products = packing.multiply(vectors_from_bytes(context, request["rows"]), y_hat)
-        return {"products": vectors_to_bytes(products), "d_out": y_val.shape[1],
+        products = packing.multiply(kit, list(request["rows"]), y_hat,
+                                    x_bound=self._x_bound(request), workers=self.settings.workers)
+        return {"products": products, "d_out": y_val.shape[1],
                 "seconds": time.perf_counter() - start}
 
     def evaluate(self, request: ConfigRecord) -> dict:
@@ -129,8 +134,8 @@ class Provider:
         start = time.perf_counter()
         arrays = get_arrays(self.state, "provider.head", NOT_PREPARED)
         head = EncryptedLinearHead(arrays["coef"], arrays["intercept"])
-        context = self._receive_context(request)
-        path = str(request["path"])
-        logits = head.evaluate(vectors_from_bytes(context, request["ciphertexts"]), path=path)
-        return {"ciphertexts": vectors_to_bytes(logits), "n_classes": head.n_classes,
+        kit = self._receive_context(request)
+        logits = head.evaluate(kit, list(request["ciphertexts"]), path=str(request["path"]),
+                               n=int(request["n"]))
+        return {"ciphertexts": logits, "n_classes": head.n_classes,
                 "seconds": time.perf_counter() - start}

@@ -1,8 +1,8 @@
 """The querier: holds the CKKS secret key, fits the map under encryption, queries the providers.
 
-Nothing it sends is plaintext: public contexts (no secret key) and ciphertexts only. Its state —
-the secret context, its scaled embeddings, one fitted map per provider, decrypted logits — lives in
-the node's ``context.state``; its artifacts (for the benchmark referee) in its own workdir.
+Nothing it sends is plaintext: public contexts (parameters and Galois keys, never the secret key)
+and ciphertexts only. Its state — the secret key, its scaled embeddings, one fitted map per
+provider, decrypted logits — lives in the node's ``context.state``; its artifacts (for the benchmark referee) in its own workdir.
 """
 
 from __future__ import annotations
@@ -13,16 +13,7 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 from safetensors.numpy import save_file
 
-from crypto import (
-    CrossProductPacking,
-    context_from_bytes,
-    make_context,
-    public_context_bytes,
-    secret_context_bytes,
-    vectors_from_bytes,
-    vectors_to_bytes,
-)
-from crypto.head import decrypt_logits, encrypt_queries
+from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, encrypt_queries
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.data import write_split
 from silos.embedding_cache import encode_cached
@@ -62,8 +53,8 @@ class Querier:
         put_arrays(self.state, "querier.public", x_fit=x_fit, x_val=x_val)
         put_arrays(self.state, "querier.queries", x=queries / scale,
                    labels=corpus.labels[split.query])
-        context = make_context(s.he, galois_keys=s.galois_keys)
-        put_config(self.state, "querier.he", secret_context=secret_context_bytes(context),
+        kit = CkksKit.generate(s.he)
+        put_config(self.state, "querier.he", secret_key=kit.secret_key_bytes(),
                    label_names=list(corpus.label_names), dim=encoder.dim)
         s.workdir.mkdir(parents=True, exist_ok=True)
         save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
@@ -74,31 +65,31 @@ class Querier:
                 "n_fit": len(x_fit), "n_val": len(x_val), "n_queries": len(queries),
                 **{f"split_{k}": v for k, v in split.summary().items()}}
 
-    def _context(self):
+    def _kit(self) -> CkksKit:
         record = get_config(self.state, "querier.he", NOT_PREPARED)
-        return context_from_bytes(record["secret_context"], expect_public=False)
+        return CkksKit.from_secret(self.settings.he, bytes(record["secret_key"]))
 
-    def _packing(self, context) -> CrossProductPacking:
+    def _packing(self, n: int, d_out: int) -> CrossProductPacking:
         dim = int(get_config(self.state, "querier.he", NOT_PREPARED)["dim"])
-        return CrossProductPacking(d_in=dim + 1, slots=self.settings.he.slots)
+        return CrossProductPacking.plan(n, dim + 1, d_out, self.settings.he.slots)
 
     # -- encrypted alignment ----------------------------------------------------------------------
     def upload(self, request: ConfigRecord) -> dict:
-        """Public context + Enc(X̃) of the fit and held-out public texts (sent once per querier)."""
+        """Public context + Enc(X̃) of the fit and held-out public texts, laid out for a provider
+        of ``d_out`` dimensions. The context's Galois keys cover exactly the layouts' rotations."""
         start = time.perf_counter()
+        d_out = int(request["d_out"])
         public = get_arrays(self.state, "querier.public", NOT_PREPARED)
-        context = self._context()
-        packing = self._packing(context)
-        reply = {
-            "context": public_context_bytes(context),
-            "fit": vectors_to_bytes(packing.encrypt_rows(context, augment(public["x_fit"]))),
-            "d_in": packing.d_in,
-            "n_fit": len(public["x_fit"]),
-            "n_val": len(public["x_val"]),
-        }
+        kit = self._kit()
+        fit = self._packing(len(public["x_fit"]), d_out)
+        reply = {"fit": fit.encrypt(kit, augment(public["x_fit"]), progress=True),
+                 "d_in": fit.d_in, "n_fit": fit.n, "n_val": len(public["x_val"]), "x_bound": 1.0}
+        steps = set(fit.rotation_steps)
         if len(public["x_val"]):
-            rows = packing.encrypt_rows(context, augment(public["x_val"]))
-            reply["val"] = vectors_to_bytes(rows)
+            val = self._packing(len(public["x_val"]), d_out)
+            reply["val"] = val.encrypt(kit, augment(public["x_val"]))
+            steps.update(val.rotation_steps)
+        reply["context"] = kit.public_bytes(steps)
         reply["seconds"] = time.perf_counter() - start
         return reply
 
@@ -112,9 +103,8 @@ class Querier:
         provider = str(request["provider"])
         d_out = int(request["d_out"])
         public = get_arrays(self.state, "querier.public", NOT_PREPARED)
-        context = self._context()
-        packing = self._packing(context)
-        xty_fit = packing.decrypt(vectors_from_bytes(context, request["fit"]), d_out)
+        kit = self._kit()
+        xty_fit = self._packing(len(public["x_fit"]), d_out).decrypt(kit, list(request["fit"]))
         xa_fit = augment(public["x_fit"])
         xtx_fit = xa_fit.T @ xa_fit
         n_fit = len(xa_fit)
@@ -127,7 +117,8 @@ class Querier:
         if has_val:
             xa_val = augment(public["x_val"])
             xtx_val = xa_val.T @ xa_val
-            xty_val = packing.decrypt(vectors_from_bytes(context, request["val"]), d_out)
+            val = self._packing(len(public["x_val"]), d_out)
+            xty_val = val.decrypt(kit, list(request["val"]))
             for alpha in candidates:
                 held_out_maps[alpha] = AffineMap(alpha).fit_from_stats(
                     xtx_fit, xty_fit, n_samples=n_fit)
@@ -144,7 +135,7 @@ class Querier:
             norms = np.linalg.norm(held_out.transform(public["x_val"]), axis=1)
             rows = augment(public["x_val"]) / np.maximum(norms, 1e-12)[:, None]
             row_scale = 1.0 / max(1.0, float(np.abs(rows).max()))  # keep |row| <= 1, as for X̃
-            reply["rows"] = vectors_to_bytes(packing.encrypt_rows(context, rows * row_scale))
+            reply["rows"] = val.encrypt(kit, rows * row_scale)
             stats.update(held_out_coef=held_out.augmented_coef(), r2=np.array([r2[alpha]]),
                          row_scale=np.array([row_scale]))
         put_arrays(self.state, f"querier.stats.{provider}", **stats)
@@ -163,9 +154,8 @@ class Querier:
         n_fit, n_val = len(public["x_fit"]), len(public["x_val"])
         cosine, r2 = float("nan"), float("nan")
         if n_val:
-            context = self._context()
-            packing = self._packing(context)
-            products = packing.decrypt(vectors_from_bytes(context, request["products"]), d_out)
+            packing = self._packing(n_val, d_out)
+            products = packing.decrypt(self._kit(), list(request["products"]))
             cosine = float(np.sum(stats["held_out_coef"] * products)
                            / (n_val * stats["row_scale"][0]))
             r2 = float(stats["r2"][0])
@@ -181,28 +171,38 @@ class Querier:
 
     # -- encrypted inference ----------------------------------------------------------------------
     def encrypt(self, request: ConfigRecord) -> dict:
-        """Map a batch of private queries locally and encrypt the aligned vectors."""
+        """Map a batch of private queries locally and encrypt the aligned vectors.
+
+        With ``with_context`` the reply also carries the public context for serving: parameters
+        only for the batched path, plus the Galois keys of the single path's steps for this head
+        shape (d_out × n_classes) if ``rotations`` is asked for.
+        """
         start = time.perf_counter()
         provider = str(request["provider"])
         first, stop = int(request["start"]), int(request["stop"])
         path = str(request["path"])
+        n_classes = int(request["n_classes"])
         queries = get_arrays(self.state, "querier.queries", NOT_PREPARED)["x"]
         if not 0 <= first < stop <= len(queries):
             raise IndexError(f"batch [{first}, {stop}) outside the {len(queries)} queries")
         fitted = get_arrays(self.state, f"querier.map.{provider}",
                             f"no map fitted for provider {provider!r} yet (align first)")
         z = queries[first:stop] @ fitted["coef"] + fitted["intercept"]
-        context = self._context()
-        ciphertexts = vectors_to_bytes(encrypt_queries(context, z, path=path))
-        return {"ciphertexts": ciphertexts, "n": stop - first, "path": path,
-                "seconds": time.perf_counter() - start}
+        kit = self._kit()
+        reply = {"ciphertexts": encrypt_queries(kit, z, path=path, n_classes=n_classes),
+                 "n": stop - first, "path": path}
+        if request.get("with_context", False):
+            steps = (SinglePlan(z.shape[1], n_classes, kit.slots).rotation_steps
+                     if request.get("rotations", False) else [])
+            reply["context"] = kit.public_bytes(steps)
+        reply["seconds"] = time.perf_counter() - start
+        return reply
 
     def decrypt(self, request: ConfigRecord) -> dict:
         start = time.perf_counter()
         provider = str(request["provider"])
-        context = self._context()
         logits = decrypt_logits(
-            vectors_from_bytes(context, request["ciphertexts"]),
+            self._kit(), list(request["ciphertexts"]),
             path=str(request["path"]), n=int(request["n"]), n_classes=int(request["n_classes"]),
         )
         key = f"querier.logits.{provider}"

@@ -63,7 +63,7 @@ class SiloSettings:
     default_alpha: float
     head_l2: float
     head_max_iter: int
-    galois_keys: bool
+    workers: int = 1
 
     @classmethod
     def from_config(cls, cfg: DictConfig, name: str) -> SiloSettings:
@@ -107,7 +107,7 @@ class SiloSettings:
             default_alpha=float(cfg.alignment.default_alpha),
             head_l2=float(cfg.head.l2),
             head_max_iter=int(cfg.head.max_iter),
-            galois_keys=int(cfg.serve.batch_size) == 1,
+            workers=int(cfg.alignment.workers),
         )
 
 

@@ -28,6 +28,7 @@ def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
     """Run the whole protocol over ``grid``; the summary is also written to output_dir/run.json."""
     strategy = SecureAlignmentStrategy(
         batch_size=int(cfg.serve.batch_size),
+        single_max=int(cfg.serve.single_max),
         timeout=float(cfg.serve.timeout),
         min_nodes=len(active_silos(cfg)),
         pairs=parse_pairs(cfg.pairs),

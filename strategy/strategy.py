@@ -56,19 +56,23 @@ class SecureAlignmentStrategy:
 
     Parameters
     ----------
-    batch_size : queries per encrypted batch (1 selects the one-query ``dot`` path).
+    batch_size : queries per encrypted request.
+    single_max : requests of at most this many queries take the single-query path (one query
+        per ciphertext, rotations); larger ones the batched feature-major path (no rotations).
     timeout : seconds to wait for the replies of one round.
     min_nodes : silos to wait for before starting (deployments connect over time).
     wait_for_nodes : seconds to wait for them.
     pairs : (querier, provider) names to run; None runs every querier with every provider.
     """
 
-    def __init__(self, *, batch_size: int = 4096, timeout: float = 600.0, min_nodes: int = 2,
+    def __init__(self, *, batch_size: int = 4096, single_max: int = 16, timeout: float = 600.0,
+                 min_nodes: int = 2,
                  wait_for_nodes: float = 120.0,
                  pairs: list[tuple[str, str]] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self.single_max = single_max
         self.timeout = timeout
         self.min_nodes = min_nodes
         self.wait_for_nodes = wait_for_nodes
@@ -139,16 +143,19 @@ class SecureAlignmentStrategy:
                 silo.info.update({f"prepare_{k}": v for k, v in result.items()})
         return errors
 
-    def align(self, grid: Grid, querier: Silo, provider: Silo, upload: ConfigRecord,
-              ledger: Ledger) -> dict:
+    def align(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
         """Fit the querier's map into the provider's space under encryption; fit quality."""
         mine, theirs = (s.info.get("prepare_split_sha_public") for s in (querier, provider))
         if mine != theirs:  # row i of X̃ and of Y must be the same public text
             raise SiloError(provider.name, Action.CROSS_PRODUCTS,
                             f"its public texts differ from {querier.name!r}'s ({theirs} vs {mine})")
+        # Enc(X̃) is laid out for the provider's dimension, so it is encrypted per pair.
+        upload = self._ask(grid, querier, Action.UPLOAD, {
+            "d_out": int(provider.info["prepare_dim"])}, ledger, "align")
         cross = self._ask(grid, provider, Action.CROSS_PRODUCTS, {
             "querier": querier.name, "context": upload["context"], "d_in": upload["d_in"],
-            "fit": upload["fit"], "val": upload.get("val", [])}, ledger, "align")
+            "x_bound": upload["x_bound"], "fit": upload["fit"], "val": upload.get("val", [])},
+            ledger, "align")
         select = self._ask(grid, querier, Action.SELECT, {
             "provider": provider.name, "d_out": cross["d_out"], "fit": cross["fit"],
             "val": cross.get("val", []), "y_sq_sum_val": cross.get("y_sq_sum_val", 0.0)},
@@ -167,23 +174,33 @@ class SecureAlignmentStrategy:
                                     strict=True)),
             "d_querier": int(upload["d_in"]) - 1, "d_provider": int(cross["d_out"]),
             "context_bytes": len(upload["context"]),
-            "silo_seconds": cross["seconds"] + select["seconds"] + finish["seconds"],
+            "silo_seconds": (upload["seconds"] + cross["seconds"] + select["seconds"]
+                             + finish["seconds"]),
+            "align_bytes_up": sum(len(b) for b in upload["fit"]) + sum(
+                len(b) for b in upload.get("val", [])),
         }
 
     def serve(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
         """Route the querier's encrypted queries through the provider's head, in batches."""
         n_queries = int(querier.info["n_queries"])
-        path = "single" if self.batch_size == 1 else "batched"
+        n_classes = len(provider.info["classes"])
+        batches = [(first, min(first + self.batch_size, n_queries))
+                   for first in range(0, n_queries, self.batch_size)]
+        paths = ["single" if stop - first <= self.single_max else "batched"
+                 for first, stop in batches]
         timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
-        sent = received = 0
-        for first in range(0, n_queries, self.batch_size):
-            stop = min(first + self.batch_size, n_queries)
+        sent = received = context_bytes = 0
+        for index, ((first, stop), path) in enumerate(zip(batches, paths, strict=True)):
             batch = self._ask(grid, querier, Action.ENCRYPT, {
-                "provider": provider.name, "start": first, "stop": stop, "path": path},
-                ledger, "serve")
-            logits = self._ask(grid, provider, Action.EVALUATE, {
-                "querier": querier.name, "ciphertexts": batch["ciphertexts"], "path": path,
-                "n": batch["n"]}, ledger, "serve")
+                "provider": provider.name, "start": first, "stop": stop, "path": path,
+                "n_classes": n_classes, "with_context": index == 0,
+                "rotations": "single" in paths}, ledger, "serve")
+            evaluate = {"querier": querier.name, "ciphertexts": batch["ciphertexts"],
+                        "path": path, "n": batch["n"]}
+            if "context" in batch:  # the serving context replaces the alignment one
+                evaluate["context"] = batch["context"]
+                context_bytes = len(batch["context"])
+            logits = self._ask(grid, provider, Action.EVALUATE, evaluate, ledger, "serve")
             done = self._ask(grid, querier, Action.DECRYPT, {
                 "provider": provider.name, "start": first, "n": batch["n"], "path": path,
                 "n_classes": logits["n_classes"], "ciphertexts": logits["ciphertexts"]},
@@ -198,11 +215,13 @@ class SecureAlignmentStrategy:
             "serve")
         compute = sum(timing.values())
         return {
-            "path": path, "batch_size": self.batch_size, "n_queries": n_queries,
+            "path": "+".join(sorted(set(paths))), "batch_size": self.batch_size,
+            "n_queries": n_queries,
             "encrypted_accuracy": report["encrypted_accuracy"],
             "latency_ms_per_query": 1000 * compute / n_queries,
             **{f"{k}_ms_per_query": 1000 * v / n_queries for k, v in timing.items()},
             "wall_ms_per_query": 1000 * ledger.seconds.get("serve", 0.0) / n_queries,
+            "serve_context_bytes": context_bytes,
             "bytes_per_query": (sent + received) / n_queries,
             "bytes_in_per_query": sent / n_queries, "bytes_out_per_query": received / n_queries,
         }
@@ -218,7 +237,6 @@ class SecureAlignmentStrategy:
         providers = [s for s in ordered if s.role == "provider"]
         pairs = []
         for querier in queriers:
-            upload: ConfigRecord | None = None
             for provider in providers:
                 if self.pairs is not None and (querier.name, provider.name) not in self.pairs:
                     continue
@@ -228,9 +246,7 @@ class SecureAlignmentStrategy:
                         "native_accuracy": provider.info.get("prepare_native_accuracy"),
                         "n_queries": querier.info.get("n_queries")}
                 try:
-                    if upload is None:  # Enc(X̃) is the same for every provider: encrypt once
-                        upload = self._ask(grid, querier, Action.UPLOAD, {}, ledger, "align")
-                    pair.update(self.align(grid, querier, provider, upload, ledger))
+                    pair.update(self.align(grid, querier, provider, ledger))
                     pair.update(self.serve(grid, querier, provider, ledger))
                     pair["status"] = "ok"
                 except SiloError as err:

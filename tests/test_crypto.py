@@ -1,34 +1,31 @@
 import numpy as np
 import pytest
-import tenseal as ts
 
 from crypto import (
     CiphertextError,
+    CkksKit,
     CKKSParams,
     CrossProductPacking,
     EncryptedLinearHead,
     InsecureParametersError,
-    context_from_bytes,
-    make_context,
-    public_context_bytes,
-    vectors_from_bytes,
-    vectors_to_bytes,
+    KeyMaterialError,
+    SinglePlan,
+    decrypt_logits,
+    encrypt_queries,
 )
-from crypto.context import ContextError
-from crypto.head import decrypt_logits, encrypt_queries
 from silos.alignment import AffineMap, augment
 
 PARAMS = CKKSParams()
+N16384 = CKKSParams(16384, (60, 60, 60))
 
 
 @pytest.fixture(scope="module")
-def secret():
-    return make_context(PARAMS)
+def querier():
+    return CkksKit.generate(PARAMS)
 
 
-@pytest.fixture(scope="module")
-def public(secret):
-    return context_from_bytes(public_context_bytes(secret), expect_public=True)
+def provider_kit(querier: CkksKit, steps=()) -> CkksKit:
+    return CkksKit.from_public(querier.public_bytes(steps))
 
 
 def test_presets_pass_the_security_check():
@@ -39,11 +36,12 @@ def test_presets_pass_the_security_check():
 
 
 @pytest.mark.parametrize("params", [
-    CKKSParams(8192, (60, 40, 40, 40, 60)),  # 240 bits > 218: below 128-bit security
+    CKKSParams(8192, (60, 60, 60, 60)),  # 240 bits > 218: below 128-bit security
     CKKSParams(4096, (60, 40, 60)),  # 160 > 109
-    CKKSParams(8192, (60, 60)),  # no level for the multiply
-    CKKSParams(8192, (60, 30, 60), global_scale_bits=40),  # scale drifts at every rescale
-    CKKSParams(8192, (45, 40, 60), global_scale_bits=40),  # 5 bits of headroom: wraps around
+    CKKSParams(8192, (60,)),  # no special prime for rotations
+    CKKSParams(8192, (60, 40)),  # special prime smaller than the data prime: noisy rotations
+    CKKSParams(8192, (30, 60), input_scale_bits=25),  # no room for the product
+    CKKSParams(8192, (60, 60), input_scale_bits=12),  # too coarse for 1e-3
 ])
 def test_unusable_parameters_are_refused(params):
     with pytest.raises(InsecureParametersError):
@@ -51,89 +49,137 @@ def test_unusable_parameters_are_refused(params):
 
 
 def test_insecure_needs_explicit_opt_in():
-    CKKSParams(8192, (60, 40, 40, 40, 60), allow_insecure=True).check()
+    CKKSParams(8192, (60, 60, 60, 60), allow_insecure=True).check()
 
 
-def test_public_context_has_no_secret_key(secret):
-    data = public_context_bytes(secret)
-    loaded = ts.context_from(data)
-    assert not loaded.is_private() and not loaded.has_galois_keys()
-    with pytest.raises(ContextError):
-        context_from_bytes(secret.serialize(save_secret_key=True), expect_public=True)
-    with pytest.raises(ContextError):
-        context_from_bytes(b"garbage", expect_public=True)
+def test_a_product_that_cannot_fit_is_refused_before_computing(querier):
+    head = EncryptedLinearHead(np.full((384, 2), 1e6), np.zeros(2))  # logits up to ~1.5e9
+    blobs = encrypt_queries(querier, np.zeros((3, 384)), path="batched", n_classes=2)
+    with pytest.raises(InsecureParametersError, match="need"):
+        head.evaluate(provider_kit(querier), blobs, path="batched", n=3)
 
 
-def test_malformed_ciphertexts_are_refused(public):
-    good = vectors_to_bytes([ts.ckks_vector(public, [1.0, 2.0])])[0]
-    for bad in (b"", b"\x00" * 64, good[: len(good) // 2]):
+def test_public_context_carries_no_secret_key(querier):
+    data = querier.public_bytes([1, 2, 4])
+    kit = CkksKit.from_public(data)
+    assert not kit.is_private and kit.rotation_steps == {1, 2, 4}
+    with pytest.raises(KeyMaterialError):
+        kit.encrypt(np.ones(3))
+    with pytest.raises(KeyMaterialError):
+        kit.secret_key_bytes()
+    # The secret key is not in the context, in any form SEAL would write it.
+    assert querier.secret_key_bytes()[16:80] not in data
+    with pytest.raises(InsecureParametersError):
+        CkksKit.from_public(b"garbage")
+
+
+def test_parameters_from_a_querier_are_checked(querier):
+    weak = CKKSParams(8192, (60, 60, 60, 60), allow_insecure=True)
+    data = CkksKit.generate(weak).public_bytes()
+    kit = CkksKit.from_public(data)  # explicitly allowed by the querier's own config ...
+    assert kit.params.allow_insecure
+    tampered = data.replace(b'"allow_insecure": true', b'"allow_insecure": false')
+    with pytest.raises(InsecureParametersError):  # ... and refused when not
+        CkksKit.from_public(tampered)
+
+
+def test_malformed_ciphertexts_are_refused(querier):
+    kit = provider_kit(querier)
+    good = querier.encrypt(np.ones(4))
+    other = CkksKit.generate(N16384).encrypt(np.ones(4))
+    for bad in (b"", b"\x00" * 64, good[: len(good) // 2], other):
         with pytest.raises(CiphertextError):
-            vectors_from_bytes(public, [bad])
+            kit.load(bad)
 
 
-def test_batched_head_matches_float64_on_1000_queries(secret, public):
-    rng = np.random.default_rng(0)
-    d, k, n = 37, 5, 1000  # d not a power of two
-    V, c = rng.normal(size=(d, k)), 3 * rng.normal(size=k)
-    Z = rng.normal(size=(n, d))
-    cts = vectors_from_bytes(public, vectors_to_bytes(encrypt_queries(secret, Z, path="batched")))
-    out = EncryptedLinearHead(V, c).evaluate(cts, path="batched")
-    logits = decrypt_logits(vectors_from_bytes(secret, vectors_to_bytes(out)), path="batched",
-                            n=n, n_classes=k)
+def test_encrypting_beyond_the_declared_bound_is_refused(querier):
+    with pytest.raises(ValueError, match="max_abs_input"):
+        querier.encrypt(np.array([0.0, 2 * PARAMS.max_abs_input]))
+    with pytest.raises(ValueError, match="NaN"):
+        querier.encrypt(np.array([np.nan]))
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(1000, 37, 5), (4100, 20, 3)])
+def test_batched_head_matches_float64(querier, n, d, k):
+    # d not a power of two; 4100 queries span two ciphertext groups.
+    rng = np.random.default_rng(n)
+    V, c = rng.normal(size=(d, k)) / np.sqrt(d), rng.normal(size=k)
+    Z = rng.uniform(-2, 2, size=(n, d))
+    kit = provider_kit(querier)  # no Galois keys at all
+    assert kit.galois_keys is None
+    out = EncryptedLinearHead(V, c).evaluate(
+        kit, encrypt_queries(querier, Z, path="batched", n_classes=k), path="batched", n=n)
+    logits = decrypt_logits(querier, out, path="batched", n=n, n_classes=k)
     expected = Z @ V + c
     assert np.abs(logits - expected).max() <= 1e-3
     assert (logits.argmax(1) == expected.argmax(1)).all()
 
 
-def test_batched_head_needs_no_galois_keys(public):
-    assert not public.has_galois_keys()
-    V = np.ones((4, 2))
-    cts = [ts.ckks_vector(public, [1.0, 2.0]) for _ in range(4)]
-    assert len(EncryptedLinearHead(V, np.zeros(2)).evaluate_batched(cts)) == 2
-
-
-def test_single_query_head_matches_float64():
-    secret = make_context(PARAMS, galois_keys=True)
-    rng = np.random.default_rng(1)
-    d, k, n = 50, 4, 12
-    V, c = rng.normal(size=(d, k)), rng.normal(size=k)
-    Z = rng.normal(size=(n, d))
-    out = EncryptedLinearHead(V, c).evaluate(encrypt_queries(secret, Z, path="single"),
-                                             path="single")
-    logits = decrypt_logits(out, path="single", n=n, n_classes=k)
+@pytest.mark.parametrize(("d", "k"), [(50, 4), (384, 5), (300, 50), (5000, 3)])
+def test_single_query_head_matches_float64(querier, d, k):
+    # (5000, 3): the query is longer than a ciphertext's 4096 slots and is split into chunks.
+    rng = np.random.default_rng(d)
+    V, c = rng.normal(size=(d, k)) / np.sqrt(d), rng.normal(size=k)
+    Z = rng.uniform(-2, 2, size=(6, d))
+    plan = SinglePlan(d, k, querier.slots)
+    kit = provider_kit(querier, plan.rotation_steps)
+    out = EncryptedLinearHead(V, c).evaluate(
+        kit, encrypt_queries(querier, Z, path="single", n_classes=k), path="single", n=len(Z))
+    logits = decrypt_logits(querier, out, path="single", n=len(Z), n_classes=k)
     assert np.abs(logits - (Z @ V + c)).max() <= 1e-3
     assert (logits.argmax(1) == (Z @ V + c).argmax(1)).all()
 
 
-def test_single_query_without_galois_keys_is_refused(secret):
-    with pytest.raises(ValueError, match="Galois"):
-        EncryptedLinearHead(np.ones((3, 2)), np.zeros(2)).evaluate_single(
-            ts.ckks_vector(secret, [1.0, 2.0, 3.0]))
+def test_single_query_path_has_few_rotations_and_only_their_keys():
+    plan = SinglePlan(384, 5, 4096)
+    assert plan.n_rotations <= 10
+    assert len(plan.rotation_steps) == plan.n_rotations
 
 
-@pytest.mark.parametrize(("n", "d_in", "d_out"), [(150, 51, 23), (6, 4100, 3)])
-def test_encrypted_cross_product_equals_plaintext(secret, n, d_in, d_out):
-    # (6, 4100, 3): rows longer than one ciphertext's 4096 slots are split into chunks.
+def test_single_query_without_its_galois_keys_is_refused(querier):
+    blobs = encrypt_queries(querier, np.ones((1, 3)), path="single", n_classes=2)
+    with pytest.raises(KeyMaterialError, match="Galois"):
+        EncryptedLinearHead(np.ones((3, 2)), np.zeros(2)).evaluate(
+            provider_kit(querier), blobs, path="single", n=1)
+
+
+def test_bias_is_added_after_the_product(querier):
+    # DESIGN.md's pitfall: a bias added before the weights would come back multiplied by them.
+    V, c = np.full((4, 2), 0.5), np.array([10.0, -3.0])
+    Z = np.ones((1, 4))
+    for path, steps in (("batched", []), ("single", SinglePlan(4, 2, querier.slots).rotation_steps)):
+        out = EncryptedLinearHead(V, c).evaluate(
+            provider_kit(querier, steps), encrypt_queries(querier, Z, path=path, n_classes=2),
+            path=path, n=1)
+        logits = decrypt_logits(querier, out, path=path, n=1, n_classes=2)
+        np.testing.assert_allclose(logits, [[12.0, -1.0]], atol=1e-4)
+
+
+@pytest.mark.parametrize(("n", "d_in", "d_out", "params"), [
+    (150, 51, 23, PARAMS),
+    (300, 24, 700, PARAMS),  # d_out = 700 cut into 512 + 128 + 32 + 16 + 8 + 4
+    (5000, 9, 40, PARAMS),  # more texts than a ciphertext's 4096 slots
+    (9000, 5, 12, N16384),
+])
+def test_encrypted_cross_product_equals_plaintext(querier, n, d_in, d_out, params):
     rng = np.random.default_rng(n)
-    X, Y = rng.uniform(-1, 1, (n, d_in)), rng.uniform(-1, 1, (n, d_out))
-    packing = CrossProductPacking(d_in=d_in, slots=PARAMS.slots)
-    rows = packing.encrypt_rows(secret, X)
-    provider_ctx = context_from_bytes(public_context_bytes(secret), expect_public=True)
-    products = packing.multiply(vectors_from_bytes(provider_ctx, vectors_to_bytes(rows)), Y)
-    decrypted = packing.decrypt(vectors_from_bytes(secret, vectors_to_bytes(products)), d_out)
-    np.testing.assert_allclose(decrypted, X.T @ Y, atol=1e-5 * n)
+    X, Y = rng.uniform(-1, 1, (n, d_in)), rng.uniform(-1, 1, (n, d_out)) / 4
+    owner = querier if params == PARAMS else CkksKit.generate(params)
+    packing = CrossProductPacking.plan(n, d_in, d_out, owner.slots)
+    kit = provider_kit(owner, packing.rotation_steps)
+    xty = packing.decrypt(owner, packing.multiply(kit, packing.encrypt(owner, X), Y))
+    assert np.linalg.norm(xty - X.T @ Y) / np.linalg.norm(X.T @ Y) <= 1e-6
 
 
-def test_encrypted_fit_gives_the_plaintext_map(secret, public):
+def test_encrypted_fit_gives_the_plaintext_map(querier):
     rng = np.random.default_rng(7)
-    n, d_q, d_p = 300, 24, 40
+    n, d_q, d_p = 640, 48, 96
     X = rng.uniform(-1, 1, (n, d_q))
     Y = np.tanh(X @ rng.normal(size=(d_q, d_p)) / 3 + 0.1 * rng.normal(size=(n, d_p)))
     Xa = augment(X)
-    packing = CrossProductPacking(d_in=d_q + 1, slots=PARAMS.slots)
-    rows = vectors_from_bytes(public, vectors_to_bytes(packing.encrypt_rows(secret, Xa)))
-    xty = packing.decrypt(vectors_from_bytes(secret, vectors_to_bytes(packing.multiply(rows, Y))),
-                          d_p)
+    packing = CrossProductPacking.plan(n, d_q + 1, d_p, querier.slots)
+    kit = provider_kit(querier, packing.rotation_steps)
+    xty = packing.decrypt(querier, packing.multiply(kit, packing.encrypt(querier, Xa), Y))
     encrypted = AffineMap(alpha=0.1).fit_from_stats(Xa.T @ Xa, xty, n_samples=n)
     plain = AffineMap(alpha=0.1).fit(X, Y)
     rel = np.linalg.norm(encrypted.coef_ - plain.coef_) / np.linalg.norm(plain.coef_)

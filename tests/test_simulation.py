@@ -5,13 +5,13 @@ import time
 
 import numpy as np
 import pytest
-import tenseal as ts
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
 from tiny import tiny_overrides
 
 from conf import load_config
+from crypto import CkksKit
 from silos.alignment import AffineMap
 from silos.client_app import app as client_app
 from simulations.engine import simulate
@@ -115,12 +115,13 @@ def test_no_plaintext_embedding_or_secret_key_leaves_the_querier(tiny_run):
                     if isinstance(item, bytes):
                         (contexts if key == "context" else blobs).append(item)
     assert contexts and blobs
-    for data in contexts:
-        assert not ts.context_from(data).is_private()
-    public_context = ts.context_from(contexts[0])
+    # A context is CKKS parameters + Galois keys: it loads as such (a secret key would not) and
+    # the kit it makes can neither encrypt nor decrypt.
+    kits = [CkksKit.from_public(data) for data in contexts]
+    assert not any(kit.is_private for kit in kits)
     sample = needles[:: max(1, len(needles) // 200)]  # public, query and mapped vectors alike
-    for blob in blobs:  # every other byte string is a ciphertext under the querier's key
-        ts.ckks_vector_from(public_context, blob)
+    for blob in blobs:  # every other byte string is a ciphertext under the querier's parameters
+        kits[0].load(blob)
         assert not any(needle in blob for needle in sample)
 
 
@@ -191,7 +192,8 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
                                          "path": "batched", "n": 1}),
             "querier action at a provider": (nodes["bob"], Action.ENCRYPT, {}),
             "encrypt before a map": (nodes["alice"], Action.ENCRYPT,
-                                     {"provider": "bob", "start": 0, "stop": 1, "path": "batched"}),
+                                     {"provider": "bob", "start": 0, "stop": 1, "path": "batched",
+                                      "n_classes": 2}),
             "no request record": (nodes["alice"], Action.UPLOAD, None),
         }
         for name, (node, action, request) in bad.items():
