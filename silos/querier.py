@@ -2,7 +2,8 @@
 
 Nothing it sends is plaintext: public contexts (parameters and Galois keys, never the secret key)
 and ciphertexts only. Its state — the secret key, its scaled embeddings, one fitted map per
-provider, decrypted logits — lives in the node's ``context.state``; its artifacts (for the benchmark referee) in its own workdir.
+provider, decrypted logits — lives in the node's ``context.state``; its artifacts (for the
+benchmark referee) in its own workdir.
 """
 
 from __future__ import annotations
