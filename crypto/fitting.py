@@ -180,8 +180,9 @@ class CrossProductPacking:
                   for fg in range(self.n_feature_groups)]
         bar = tqdm(total=len(groups), desc="Enc(X̃)ᵀY", unit="group", disable=not progress,
                    mininterval=2.0)
-        # Shares for helper processes (the last share stays here, with the progress bar).
-        workers = max(1, min(workers, len(groups)))
+        # Shares for helper processes (the last share stays here, with the progress bar); a
+        # helper costs ~1 s to start, so small jobs stay in this process.
+        workers = max(1, min(workers, len(groups) // 4))
         bounds = np.linspace(0, len(groups), workers + 1).astype(int)
         job = {"public": kit.public_data, "packing": self, "Y": Y, "scale": scale, "bound": bound}
         helpers = [start_helper({**job, "groups": groups[a:b]})

@@ -171,6 +171,19 @@ def test_encrypted_cross_product_equals_plaintext(querier, n, d_in, d_out, param
     assert np.linalg.norm(xty - X.T @ Y) / np.linalg.norm(X.T @ Y) <= 1e-6
 
 
+def test_helper_processes_give_the_same_products(querier):
+    rng = np.random.default_rng(3)
+    X, Y = rng.uniform(-1, 1, (100, 300)), rng.uniform(-1, 1, (100, 8))
+    packing = CrossProductPacking.plan(100, 300, 8, querier.slots)
+    assert packing.n_feature_groups >= 8
+    kit = provider_kit(querier, packing.rotation_steps)
+    blobs = packing.encrypt(querier, X)
+    alone = packing.decrypt(querier, packing.multiply(kit, blobs, Y, workers=1))
+    shared = packing.decrypt(querier, packing.multiply(kit, blobs, Y, workers=2))
+    np.testing.assert_allclose(shared, alone, atol=1e-9)
+    np.testing.assert_allclose(shared, X.T @ Y, atol=1e-5)
+
+
 def test_encrypted_fit_gives_the_plaintext_map(querier):
     rng = np.random.default_rng(7)
     n, d_q, d_p = 640, 48, 96

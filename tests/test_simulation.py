@@ -136,17 +136,24 @@ def test_a_failing_silo_fails_only_its_pairs(tmp_path):
     assert any("carol" in e for e in run["errors"])
 
 
-def test_one_query_per_ciphertext_gives_the_same_predictions(tmp_path):
-    """serve.batch_size=1: the `dot` path with Galois keys, through Flower end to end."""
-    out = tmp_path / "out"
-    overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=12),
-                 "silos.carol=null", "serve.batch_size=1"]
-    simulate(spying_server_app([]), client_app, num_silos=2, overrides=overrides)
-    report = build_report(out, json.loads((out / "run.json").read_text()), "pytest")
-    (pair,) = report["pairs"]
-    assert pair["status"] == "ok", pair.get("error")
-    assert pair["path"] == "single" and pair["agreement"] == 1.0
-    assert pair["max_abs_error"] <= 1e-3
+def test_single_and_batched_paths_give_the_same_predictions(tmp_path):
+    """The same queries served one per ciphertext (rotations, Galois keys) and feature-major."""
+    logits = {}
+    for path, single_max in (("single", 1000), ("batched", 0)):
+        out = tmp_path / path
+        overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60,
+                                     n_query=12),
+                     "silos.carol=null", "serve.batch_size=5", f"serve.single_max={single_max}",
+                     f"run.output_dir={out}"]
+        simulate(spying_server_app([]), client_app, num_silos=2, overrides=overrides)
+        report = build_report(out, json.loads((out / "run.json").read_text()), "pytest")
+        (pair,) = report["pairs"]
+        assert pair["status"] == "ok", pair.get("error")
+        assert pair["path"] == path and pair["agreement"] == 1.0
+        assert pair["max_abs_error"] <= 1e-3
+        logits[path] = load_file(out / "silos" / "alice" / "logits" / "bob.safetensors")["logits"]
+    assert (logits["single"].argmax(1) == logits["batched"].argmax(1)).all()
+    np.testing.assert_allclose(logits["single"], logits["batched"], atol=2e-3)
 
 
 def test_two_queriers_and_two_providers(tmp_path):
