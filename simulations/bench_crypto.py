@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import time
@@ -228,10 +229,11 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer.writerows(rows)
 
 
-def markdown(head: list[dict], fit: list[dict], command: str) -> str:
+def markdown(head: list[dict], fit: list[dict], command: str, load: str = "") -> str:
     lines = [f"# Encrypted linear algebra benchmark\n\nProduced by `{command}` on this machine "
-             f"({time.strftime('%Y-%m-%d')}). Latency = encrypt + evaluate + decrypt per query, "
-             "serialisation included, median over repetitions; errors against float64.\n",
+             f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores{load}). Latency = encrypt + "
+             "evaluate + decrypt per query, serialisation included, median over repetitions; "
+             "errors against float64.\n",
              "## Head (Enc(z) ↦ Enc(zV + c))\n",
              "| path | d | K | N | batch | ms/query | enc | eval | dec | queries/s | KiB in/q "
              "| KiB out/q | context KiB | rotations | max abs err | argmax agree | vs naive "
@@ -258,6 +260,53 @@ def markdown(head: list[dict], fit: list[dict], command: str) -> str:
             f"| {r['context_bytes'] / 2**20:.1f} | {r['max_abs_error']:.1e} "
             f"| {r['map_relative_error']:.1e} |")
     return "\n".join(lines) + "\n"
+
+
+README_START, README_END = "<!-- bench_crypto:start -->", "<!-- bench_crypto:end -->"
+
+
+def readme_summary(head: list[dict], fit: list[dict], command: str) -> str:
+    """The README's performance block: the issue's target rows, from this run only."""
+    def pick(path: str, d: int, k: int, batch: int | None = None) -> dict | None:
+        return next((r for r in head if r["path"] == path and r["d"] == d and r["K"] == k
+                     and r["N"] == min(x["N"] for x in head)
+                     and (batch is None or r["batch"] == batch)), None)
+
+    lines = [README_START, "",
+             f"Measured by `{command}` (full tables, CSVs and plot in `reports/crypto/`):", "",
+             "| path (N=8192) | d → K | batch | ms/query | queries/s | KiB in + out per query "
+             "| context KiB | max abs err | vs naive |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path, d, k, batch in (("plaintext", 384, 5, None), ("naive", 384, 5, None),
+                              ("dot", 384, 5, None), ("single", 384, 5, None),
+                              ("batched", 384, 5, 1), ("batched", 384, 5, 64),
+                              ("batched", 384, 5, 4096), ("single", 4096, 5, None),
+                              ("batched", 4096, 5, 4096), ("single", 768, 50, None)):
+        r = pick(path, d, k, batch)
+        if r is None:
+            continue
+        lines.append(
+            f"| {path} | {d} → {k} | {r['batch']} | {r['latency_ms_per_query']:.3g} "
+            f"| {r['queries_per_s']:.4g} "
+            f"| {(r['bytes_in_per_query'] + r['bytes_out_per_query']) / 1024:.3g} "
+            f"| {r['context_bytes'] / 1024:.4g} | {r['max_abs_error']:.0e} "
+            f"(n={r['n_checked']}) | {r['ratio_to_naive']:.2g} |")
+    lines += ["", "| encrypted fitting | seconds (enc + multiply + dec) | MiB up / down "
+              "| context MiB | map relative error |", "|---|---|---|---|---|"]
+    for r in fit:
+        lines.append(f"| n={r['n']}, {r['d_q']} → {r['d_p']}, N={r['N']}, {r['workers']} processes "
+                     f"| {r['seconds']:.1f} | {r['bytes_up'] / 2**20:.0f} / "
+                     f"{r['bytes_down'] / 2**20:.0f} | {r['context_bytes'] / 2**20:.1f} "
+                     f"| {r['map_relative_error']:.0e} |")
+    return "\n".join([*lines, "", README_END])
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} … {README_END} block to replace")
+    head, rest = text.split(README_START, 1)
+    readme.write_text(head + block + rest.split(README_END, 1)[1])
 
 
 def plot(head: list[dict], path: Path) -> None:
@@ -310,17 +359,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar=("D_Q", "D_P"), help="querier and provider dimensions of the fit")
     parser.add_argument("--workers", type=int, default=2, help="provider processes for fitting")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also rewrite the bench_crypto block of this README")
+    parser.add_argument("--summarize", action="store_true",
+                        help="measure nothing: rebuild the plot and the --readme block from the "
+                             "CSVs and report already in --out")
     if "--quick" in (sys.argv[1:] if argv is None else argv):  # explicit options still win
         parser.set_defaults(dims=[64, 384], classes=[5], presets=["n8192"], batches=[1, 64, 4096],
                             reps=3, check_queries=2000, fit=[300])
     return parser.parse_args(argv)
 
 
+def read_csv(path: Path) -> list[dict]:
+    def value(text: str) -> object:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with path.open() as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def summarize(args: argparse.Namespace) -> int:
+    """Plot and README block from a finished run (its command is read from its report)."""
+    head, fit = read_csv(args.out / "head.csv"), read_csv(args.out / "fit.csv")
+    report = (args.out / "README.md").read_text()
+    command = report.split("Produced by `", 1)[1].split("`", 1)[0]
+    plot(head, args.out / "crypto.png")
+    if args.readme is not None:
+        update_readme(args.readme, readme_summary(head, fit, command))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        return summarize(args)
     command = "python -m simulations.bench_crypto " + " ".join(argv if argv is not None
                                                                 else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     head: list[dict] = []
     configs = [(d, k, p) for p in args.presets for k in args.classes for d in args.dims]
     contexts = {}
@@ -347,9 +428,13 @@ def main(argv: list[str] | None = None) -> int:
            for n in tqdm(args.fit, desc="fitting")]
     write_csv(args.out / "head.csv", head, HEAD_COLUMNS)
     write_csv(args.out / "fit.csv", fit, FIT_COLUMNS)
-    (args.out / "README.md").write_text(markdown(head, fit, command))
+    load = (f"; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: "
+            "other work on the machine slows every row alike")
+    (args.out / "README.md").write_text(markdown(head, fit, command, load))
     plot(head, args.out / "crypto.png")
-    print(markdown(head, fit, command))
+    print(markdown(head, fit, command, load))
+    if args.readme is not None:
+        update_readme(args.readme, readme_summary(head, fit, command))
     return 0
 
 

@@ -100,8 +100,9 @@ def render_markdown(report: dict) -> str:
         f"{1 - cfg['alignment']['holdout']:.0%} and scored on the rest, then refit on all), "
         f"provider's private texts {cfg['dataset']['n_private']}, queries "
         f"{cfg['dataset']['n_query']}; CKKS N={he.get('poly_modulus_degree')}, "
-        f"moduli {he.get('coeff_mod_bit_sizes')}, scale 2^{he.get('global_scale_bits')}; "
-        f"batch size {cfg['serve']['batch_size']}.",
+        f"moduli {he.get('coeff_mod_bit_sizes')}, query scale 2^{he.get('input_scale_bits')}, "
+        f"fit scale 2^{he.get('fit_input_scale_bits')}; batch size "
+        f"{cfg['serve']['batch_size']} (single path up to {cfg['serve']['single_max']}).",
         "",
         markdown_table(report["pairs"]),
         "",
@@ -113,15 +114,18 @@ def render_markdown(report: dict) -> str:
         "- ms/query: encrypt + evaluate + decrypt compute, amortised over the batch; KiB/query: "
         "query and logit ciphertexts, amortised (the public context is sent once per pair).",
         "",
-        "| pair | status | alpha | map rel. error | context KiB | align s | serve wall ms/query |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | status | alpha | map rel. error | fit context KiB | align MiB up | align s "
+        "| serve context KiB | serve wall ms/query |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["pairs"]:
         lines.append(
             f"| {p['querier']} → {p['provider']} | {p.get('status')} {p.get('error', '')} | "
             f"{p.get('alpha', '—')} | {p.get('map_relative_error', float('nan')):.1e} | "
-            f"{p.get('context_bytes', 0) / 1024:.0f} | {p.get('seconds', {}).get('align', 0):.1f}"
-            f" | {p.get('wall_ms_per_query', float('nan')):.2f} |"
+            f"{p.get('context_bytes', 0) / 1024:.0f} | {p.get('align_bytes_up', 0) / 2**20:.1f} | "
+            f"{p.get('seconds', {}).get('align', 0):.1f} | "
+            f"{p.get('serve_context_bytes', 0) / 1024:.1f} | "
+            f"{p.get('wall_ms_per_query', float('nan')):.2f} |"
         )
     seconds = report.get("seconds", {})
     lines += ["", "Phase wall times (s): " + ", ".join(
