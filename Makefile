@@ -1,6 +1,7 @@
 # make run   — the default local simulation (3 silos, packaged models), set-up included
 # make test  — the test suite (tiny in-memory models), set-up included
 # make test-slow — real packaged models (minutes)
+# make test-deploy — real SuperLink + SuperNode processes, TLS and node auth (minutes)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-slow lint clean
+.PHONY: install run test test-slow test-deploy lint clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +33,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-deploy: install
+	$(PY) -m pytest -q -m deploy $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

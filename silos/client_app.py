@@ -7,8 +7,11 @@ naming it; the node's state is only updated by handlers that succeed, so the sil
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -16,7 +19,8 @@ from flwr.clientapp import ClientApp
 from conf import load_config
 from silos.provider import Provider
 from silos.querier import Querier
-from silos.settings import SiloSettings, silo_name
+from silos.runtime import load_encoder
+from silos.settings import node_settings
 from strategy.protocol import (
     PROVIDER_ACTIONS,
     QUERIER_ACTIONS,
@@ -31,12 +35,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+_handled_here = 0  # messages this process has handled (a deployed SuperNode starts one per message)
 
 
 def handle(action: Action, message: Message, context: Context) -> Message:
+    global _handled_here
+    _handled_here += 1
+    started, loads = time.perf_counter(), load_encoder.cache_info().misses
+    settings = None
     try:
         cfg = load_config(str(context.run_config.get("overrides", "")))
-        settings = SiloSettings.from_config(cfg, silo_name(cfg, dict(context.node_config)))
+        settings = node_settings(cfg, dict(context.node_config))
         allowed = QUERIER_ACTIONS if settings.role == "querier" else PROVIDER_ACTIONS
         if action not in allowed:
             raise PermissionError(f"silo {settings.name!r} ({settings.role}) does not handle "
@@ -53,6 +62,25 @@ def handle(action: Action, message: Message, context: Context) -> Message:
     except Exception as err:  # reported to the coordinator; the silo keeps serving
         log.exception("silo failed on %s", action.value)
         return Message(error_content(err), reply_to=message)
+    finally:
+        if settings is not None:
+            _record(settings.workdir, action, started, load_encoder.cache_info().misses - loads)
+
+
+def _record(workdir: Path, action: Action, started: float, encoder_loads: int) -> None:
+    """One line per message in the silo's own folder: which process ran it, did it load the LM.
+
+    The LM is needed by ``prepare`` only (its embeddings then live in ``context.state``), so a run
+    should show one encoder load per silo whatever the engine starts a process for.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with (workdir / "messages.jsonl").open("a") as f:
+            f.write(json.dumps({"action": action.value, "pid": os.getpid(),
+                                "nth_in_process": _handled_here, "encoder_loads": encoder_loads,
+                                "seconds": round(time.perf_counter() - started, 4)}) + "\n")
+    except OSError:  # bookkeeping only: never fail a message for it
+        log.warning("could not record the message in %s", workdir)
 
 
 def _register(action: Action) -> None:

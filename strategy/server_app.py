@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from conf import active_silos, load_config, parse_pairs
+from strategy.polling import PollingGrid
 from strategy.strategy import SecureAlignmentStrategy
 from strategy.table import format_table
 
@@ -21,7 +22,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_coordinator(grid, load_config(str(context.run_config.get("overrides", ""))))
+    run_coordinator(PollingGrid(grid), load_config(str(context.run_config.get("overrides", ""))))
 
 
 def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
@@ -42,4 +43,7 @@ def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
     print(format_table(summary["pairs"]), flush=True)
     for error in summary["errors"]:
         print(f"error: {error}", flush=True)
+    for pair in summary["pairs"]:
+        if pair["status"] != "ok":
+            print(f"failed: {pair['querier']} → {pair['provider']}: {pair['error']}", flush=True)
     return summary

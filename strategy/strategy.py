@@ -86,8 +86,12 @@ class SecureAlignmentStrategy:
         messages = [Message(content, dst_node_id=node, message_type=message_type(action))
                     for node, _ in targets]
         start = time.perf_counter()
-        replies = {m.metadata.src_node_id: m for m in
-                   grid.send_and_receive(messages, timeout=self.timeout)}
+        answers = grid.send_and_receive(messages, timeout=self.timeout)
+        # By the request replied to: an error the SuperLink makes (e.g. the node stopped sending
+        # heartbeats) comes from the SuperLink's node id, not the silo's.
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        replies = {node_of.get(m.metadata.reply_to_message_id, m.metadata.src_node_id): m
+                   for m in answers}
         received = sum(payload_bytes(m.content) for m in replies.values() if not m.has_error())
         ledger.add(phase, time.perf_counter() - start, payload_bytes(content) * len(targets),
                    received)

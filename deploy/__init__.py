@@ -1,0 +1,1 @@
+"""Deploying the silos with Flower's deployment engine: certificates, SuperNode keys, a local launcher."""
