@@ -191,16 +191,16 @@ class EncryptedLinearHead:
         if len({(tuple(ct.parms_id()), ct.scale) for ct in features}) > 1:
             raise ValueError("the query ciphertexts differ in level or scale")
         scale = self.weight_scale(kit, features[0])
-        weights = [[kit.encode(float(self.coef[j, k]), scale, like=features[0])
-                    for k in range(self.n_classes)]
-                   for j in range(self.n_features)]
         logits = []
         for g in range(groups):
             cts = features[g * self.n_features : (g + 1) * self.n_features]
             for k in range(self.n_classes):
                 acc = None
                 for j, ct in enumerate(cts):
-                    acc = kit.multiply_add(acc, ct, weights[j][k])
+                    # A scalar encodes in microseconds; encoding each weight when it is used keeps
+                    # memory flat (d × K encoded plaintexts would take N·8 bytes each).
+                    weight = kit.encode(float(self.coef[j, k]), scale, like=ct)
+                    acc = kit.multiply_add(acc, ct, weight)
                 if acc is None:
                     raise ValueError(f"the head's column {k} rounds to zero at this scale")
                 kit.evaluator.add_plain_inplace(

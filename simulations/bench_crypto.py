@@ -347,7 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, nargs="+", default=[5, 50])
     parser.add_argument("--presets", nargs="+", default=["n8192", "n16384"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 512, 4096])
-    parser.add_argument("--reps", type=int, default=5, help="repetitions per measurement")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per measurement")
     parser.add_argument("--naive-reps", type=int, default=1,
                         help="repetitions of the naive matmul (seconds each)")
     parser.add_argument("--check-queries", type=int, default=10_000,
@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     head: list[dict] = []
     configs = [(d, k, p) for p in args.presets for k in args.classes for d in args.dims]
     contexts = {}
+    partial = args.out / "head.partial.csv"  # rows so far, in case the run is cut short
     for index, (d, k, preset) in enumerate(tqdm(configs, desc="head configs")):
         bench = HeadBench(d, k, preset, args.seed + index)
         head.append(bench.plaintext(args.reps))
@@ -423,10 +424,12 @@ def main(argv: list[str] | None = None) -> int:
             for path in ("single", "batched"):
                 row = next(r for r in head[::-1] if r["path"] == path)
                 row.update(check_many(bench, path, args.check_queries))
+        write_csv(partial, head, HEAD_COLUMNS)
     add_ratios(head)
     fit = [bench_fit(n, *args.fit_dims, args.presets[0], args.workers, args.seed)
            for n in tqdm(args.fit, desc="fitting")]
     write_csv(args.out / "head.csv", head, HEAD_COLUMNS)
+    partial.unlink(missing_ok=True)
     write_csv(args.out / "fit.csv", fit, FIT_COLUMNS)
     load = (f"; 1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: "
             "other work on the machine slows every row alike")
