@@ -65,7 +65,7 @@ class SecureAlignmentStrategy:
     pairs : (querier, provider) names to run; None runs every querier with every provider.
     """
 
-    def __init__(self, *, batch_size: int = 4096, single_max: int = 16, timeout: float = 600.0,
+    def __init__(self, *, batch_size: int = 4096, single_max: int = 64, timeout: float = 600.0,
                  min_nodes: int = 2,
                  wait_for_nodes: float = 120.0,
                  pairs: list[tuple[str, str]] | None = None) -> None:
