@@ -23,7 +23,7 @@ def he_presets() -> list[str]:
 def load_config(overrides: Iterable[str] | str = ()) -> DictConfig:
     """Load conf/default.yaml, apply a dotlist (list or one shell-quoted string), merge the HE preset.
 
-    Keys a preset defines can still be overridden, e.g. ``he.preset=n16384 he.global_scale_bits=30``.
+    Keys a preset defines can still be overridden, e.g. ``he.preset=n16384 he.input_scale_bits=28``.
     """
     if isinstance(overrides, str):
         overrides = shlex.split(overrides)
