@@ -302,19 +302,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from conf import active_silos, load_config
-    from simulations.report import build_report
-    from simulations.run_local import check_silos
-    from strategy.table import format_table
+    from conf import active_silos
+    from simulations.run_local import load_run, report_run
 
     try:
-        cfg = load_config(args.overrides)
-        check_silos(cfg)
+        cfg, output_dir, overrides = load_run(args.overrides)
     except (KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
-    output_dir = Path(str(cfg.run.output_dir)).expanduser().resolve()
-    overrides = [*args.overrides, f"run.output_dir={output_dir}"]
     started = time.perf_counter()
     with Deployment(args.root, active_silos(cfg), port=args.port,
                     poll_interval=args.poll_interval) as deployment:
@@ -328,15 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: `flwr run` failed (exit {done.returncode}) or wrote no {run_file}:\n"
               f"{done.stderr[-3000:]}", file=sys.stderr)
         return 1
-    command = "python -m deploy.local " + " ".join(args.overrides)
-    report = build_report(output_dir, json.loads(run_file.read_text()), command.strip())
-    print("\nReport, with the benchmark's plaintext references:")
-    print(format_table(report["pairs"]))
-    print(f"\nreport: {output_dir / 'report.md'}  ({time.perf_counter() - started:.0f} s)")
-    failed = [p for p in report["pairs"] if p.get("status") != "ok"]
-    for pair in failed:
-        print(f"failed: {pair['querier']} → {pair['provider']}: {pair.get('error')}", file=sys.stderr)
-    return 1 if failed or report["errors"] or not report["pairs"] else 0
+    return report_run(output_dir, "python -m deploy.local " + " ".join(args.overrides), started)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+from omegaconf import DictConfig
+
 from conf import active_silos, he_presets, load_config, parse_pairs
 from silos.data import PACKAGED_DATASETS
 from silos.registry import PACKAGED_MODELS
@@ -55,18 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.overrides)
-        check_silos(cfg)
+        cfg, output_dir, overrides = load_run(args.overrides)
     except (KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
-    output_dir = Path(str(cfg.run.output_dir)).expanduser().resolve()
-    overrides = [*args.overrides, f"run.output_dir={output_dir}"]
-    silos = active_silos(cfg)
     started = time.perf_counter()
     simulate(
         _server_app(), _client_app(),
-        num_silos=len(silos),
+        num_silos=len(active_silos(cfg)),
         overrides=overrides,
         backend=str(cfg.simulation.backend),
         cpus_per_silo=float(cfg.simulation.cpus_per_silo),
@@ -76,8 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     if not run_file.exists():
         print(f"error: the simulation ended without a summary ({run_file})", file=sys.stderr)
         return 1
-    command = "python -m simulations.run_local " + " ".join(args.overrides)
-    report = build_report(output_dir, json.loads(run_file.read_text()), command.strip())
+    return report_run(output_dir, "python -m simulations.run_local " + " ".join(args.overrides),
+                      started)
+
+
+def load_run(cli_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
+    """The checked config, its absolute output folder, and the overrides that pin that folder
+    (every engine's silos must write where the referee reads). Raises KeyError/ValueError."""
+    cfg = load_config(cli_overrides)
+    check_silos(cfg)
+    output_dir = Path(str(cfg.run.output_dir)).expanduser().resolve()
+    return cfg, output_dir, [*cli_overrides, f"run.output_dir={output_dir}"]
+
+
+def report_run(output_dir: Path, command: str, started: float) -> int:
+    """Referee a finished run (its run.json), print the table and failures; the exit code."""
+    run = json.loads((output_dir / "run.json").read_text())
+    report = build_report(output_dir, run, command.strip())
     print("\nReport, with the benchmark's plaintext references:")
     print(format_table(report["pairs"]))
     print(f"\nreport: {output_dir / 'report.md'}  ({time.perf_counter() - started:.0f} s)")
