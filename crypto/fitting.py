@@ -176,8 +176,9 @@ class CrossProductPacking:
         scale = kit.params.weight_scale_for(bound, kit.scale_bits(loaded[0]),
                                             kit.level_bits(loaded[0]))
         # blobs are text chunk-major; a task is one feature group over all text chunks.
-        groups = [[blobs[tc * self.n_feature_groups + fg] for tc in range(self.n_text_chunks)]
-                  for fg in range(self.n_feature_groups)]
+        order = [[tc * self.n_feature_groups + fg for tc in range(self.n_text_chunks)]
+                 for fg in range(self.n_feature_groups)]
+        groups = [[blobs[i] for i in group] for group in order]
         bar = tqdm(total=len(groups), desc="Enc(X̃)ᵀY", unit="group", disable=not progress,
                    mininterval=2.0)
         # Shares for helper processes (the last share stays here, with the progress bar); a
@@ -191,8 +192,8 @@ class CrossProductPacking:
             worker = _GroupWorker(kit, self, Y, scale, bound)
             mine = []
             bar.update(int(bounds[-2]))
-            for group in groups[bounds[-2]:]:
-                mine.append(worker.run(group))
+            for group in order[bounds[-2]:]:  # already loaded (and checked) above
+                mine.append(worker.run([loaded[i] for i in group]))
                 bar.update()
             out = [blob for helper in helpers for group in helper.result() for blob in group]
         finally:
@@ -237,9 +238,8 @@ class _GroupWorker:
             self.diags.append((Yc, scale))
         self._encoded: list | None = None  # encoded at the level of the first group's ciphertexts
 
-    def run(self, blobs: list[bytes]) -> list[bytes]:
+    def run(self, cts: list[seal.Ciphertext]) -> list[bytes]:
         kit, packing = self.kit, self.packing
-        cts = kit.load_many(blobs)
         if self._encoded is None:
             self._encoded = [packing._diagonals(kit, Yc, scale, cts[0]) for Yc, scale in self.diags]
         parts, g = packing.parts, packing.baby
@@ -283,4 +283,4 @@ def run_job(job: dict) -> list[list[bytes]]:
     """A helper process's share: ``job`` as built by :meth:`CrossProductPacking.multiply`."""
     worker = _GroupWorker(CkksKit.from_public(job["public"]), job["packing"], job["Y"],
                           job["scale"], job["bound"])
-    return [worker.run(group) for group in job["groups"]]
+    return [worker.run(worker.kit.load_many(group)) for group in job["groups"]]
