@@ -72,9 +72,10 @@ def tenseal_context(n: int) -> ts.Context:
 class HeadBench:
     """One (d, K, N) configuration: a random head and random aligned queries."""
 
-    def __init__(self, d: int, k: int, preset: str, seed: int) -> None:
+    def __init__(self, d: int, k: int, preset: str, seed: int,
+                 params: CKKSParams | None = None) -> None:
         rng = np.random.default_rng(seed)
-        self.d, self.k, self.params = d, k, params_for(preset)
+        self.d, self.k, self.params = d, k, params or params_for(preset)
         self.n = self.params.poly_modulus_degree
         self.V = rng.normal(size=(d, k)) / np.sqrt(d)
         self.c = rng.normal(size=k)
