@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="config overrides (OmegaConf dotlist), e.g. models=[minilm-l6,mpnet-base]")
     parser.add_argument("--quick", action="store_true",
                         help="two models and small sets: a ~3 minute smoke run (CI)")
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite the main table in the project README.md")
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS),
                         help="run only these experiments (the summary keeps what is not rerun)")
     return parser.parse_args(argv)
@@ -214,9 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         if summary.get(key):
             write_csv(out / f"{key}.csv", summary[key])
     summary_file.write_text(json.dumps(summary, indent=2, default=float))
-    from simulations.evaluation.markdown import render
+    from simulations.evaluation.markdown import README_END, README_START, readme_block, render
 
     (out / "README.md").write_text(render(summary))
+    if args.readme:
+        from simulations.bench_crypto import update_readme
+
+        update_readme(Path("README.md"), readme_block(summary), README_START, README_END)
     print(f"\nwrote {out / 'README.md'} and {summary_file} "
           f"({seconds['total_this_command']:.0f} s)")
     failed = [r for r in summary.get("classification", []) if r.get("status") != "ok"]

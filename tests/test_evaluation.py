@@ -125,8 +125,8 @@ def test_quick_suite_writes_sane_reports(tmp_path):
     # The quick run maps SmolLM2 onto itself: the map must reproduce its own predictions.
     assert generation["tokenizer_match_rate"] == 1.0
     assert generation["top1_agreement"] >= 0.95
-    assert generation["encrypted_head"]["slice_max_abs_error"] <= 1e-3
+    assert generation["encrypted_head"]["slice_max_relative_error"] <= 1e-3
     for row in summary["tradeoffs"]:
         assert row["max_abs_error"] <= 1e-3 and row["argmax_agreement"] == 1.0
     assert "| bbc-news | minilm-l6 → smollm2-135m |" in (out / "README.md").read_text()
-    assert seconds < 240, f"--quick took {seconds:.0f} s"
+    assert seconds < 180, f"--quick took {seconds:.0f} s (the issue allows 3 min)"

@@ -159,11 +159,13 @@ def encrypted_head_cost(b: CausalLM, mapped: np.ndarray, slice_rows: int, preset
     evaluated = time.perf_counter()
     logits = decrypt_logits(querier, out, path="single", n=1, n_classes=slice_rows)
     done = time.perf_counter()
-    error = float(np.abs(logits - (z / zs) @ V).max())
+    expected = (z / zs) @ V
+    error = float(np.abs(logits - expected).max())
     vocab = b.head_weight.shape[0]
     return {"slice_rows": slice_rows, "vocab": vocab, "slice_seconds": done - started,
             "encrypt_s": encrypted - started, "evaluate_s": evaluated - encrypted,
             "decrypt_s": done - evaluated, "slice_max_abs_error": error,
+            "slice_max_relative_error": error / float(np.abs(expected).max()),
             "bytes_per_token_slice": sum(map(len, blobs)) + sum(map(len, out)),
             "estimated_seconds_per_token": (done - started) * vocab / slice_rows,
             "estimated_mib_per_token": (sum(map(len, blobs)) + sum(map(len, out)))

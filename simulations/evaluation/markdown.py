@@ -37,6 +37,31 @@ def main_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+README_START, README_END = "<!-- evaluation:start -->", "<!-- evaluation:end -->"
+
+
+def readme_block(summary: dict) -> str:
+    """The project README's main table, naming the command and where the rest is."""
+    seconds = summary.get("seconds", {})
+    runs = summary.get("classification_runs", {})
+    he = next(iter(runs.values()), {}).get("he", {})
+    c = summary.get("config", {}).get("classification", {})
+    return "\n".join([
+        README_START,
+        f"Measured by `{summary.get('command')}` on this machine "
+        f"({seconds.get('total_this_command', 0) / 60:.0f} min; full report, figures and raw "
+        "figures in [reports/evaluation](reports/evaluation/README.md)). Each task: "
+        f"{c.get('n_public')} public texts for the encrypted fit, {c.get('n_private')} private "
+        f"texts for the provider's head, {c.get('n_query')} queries + {c.get('n_ood')} OOD texts "
+        f"of the other corpus; CKKS N={he.get('poly_modulus_degree')}, moduli "
+        f"{he.get('coeff_mod_bit_sizes')}.",
+        "",
+        main_table(summary),
+        "",
+        README_END,
+    ])
+
+
 def _convergence(summary: dict) -> list[str]:
     rows = summary.get("convergence", [])
     if not rows:
@@ -88,7 +113,8 @@ def _generation(summary: dict) -> list[str]:
     lines += [f"B's LM head under CKKS ({c['vocab']:,} vocabulary rows): a {c['slice_rows']}-row "
               f"slice took {c['slice_seconds'] * 1e3:.0f} ms per token (encrypt "
               f"{c['encrypt_s'] * 1e3:.0f}, evaluate {c['evaluate_s'] * 1e3:.0f}, decrypt "
-              f"{c['decrypt_s'] * 1e3:.0f}; max |err| {c['slice_max_abs_error']:.1e}); the whole "
+              f"{c['decrypt_s'] * 1e3:.0f}; max |err| {c['slice_max_abs_error']:.1e}, relative "
+              f"{c.get('slice_max_relative_error', float('nan')):.1e}); the whole "
               f"head, extrapolated: ~{c['estimated_seconds_per_token']:.1f} s and "
               f"~{c['estimated_mib_per_token']:.0f} MiB per generated token.", ""]
     return lines
