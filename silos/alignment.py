@@ -53,7 +53,13 @@ class AffineMap:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         penalty = np.full(d, float(self.alpha))
         penalty[-1] = 0.0
-        W = np.linalg.lstsq(xtx + np.diag(penalty), xty, rcond=None)[0]
+        system = xtx + np.diag(penalty)
+        try:  # alpha > 0 makes the system positive definite: a direct solve, ~10x faster than SVD
+            if self.alpha == 0:
+                raise np.linalg.LinAlgError("plain least squares: minimum-norm solution")
+            W = np.linalg.solve(system, xty)
+        except np.linalg.LinAlgError:
+            W = np.linalg.lstsq(system, xty, rcond=None)[0]
         self.coef_ = W[:-1]
         self.intercept_ = W[-1]
         self.n_samples_ = int(n_samples)

@@ -105,6 +105,13 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
                          n_query=int(c.n_query), n_ood=int(c.n_ood) if spec.get("ood") else 0,
                          seed=int(cfg.seed))
         lists.update({f"{task}/{part}": texts for part, texts in task_texts(cs).items()})
+    cv = cfg.convergence
+    if cv.extra_texts:  # more public text than the classification runs embedded (costs embedding)
+        from silos.data import load_corpus
+
+        corpus = load_corpus(str(cv.extra_corpus))
+        pick = np.random.default_rng(int(cfg.seed) + 4).permutation(len(corpus))[: cv.extra_texts]
+        lists["extra"] = [corpus.texts[i] for i in np.sort(pick)]
     order, seen = [], set()
     for name, texts in lists.items():  # each distinct text once (OOD texts recur across tasks)
         for i, text in enumerate(texts):
@@ -116,7 +123,6 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
         print(f"[convergence] embeddings of {len(order)} texts by {model}", flush=True)
         arrays = embed_lists(model, lists, Path(cfg.cache_dir).expanduser())
         embeddings[model] = np.stack([arrays[name][i] for name, i in order])
-    cv = cfg.convergence
     rows = convergence.convergence_rows(
         embeddings, sizes=list(cv.sizes), n_test=int(cv.n_test), methods=list(cv.methods),
         ridge_alpha=float(cv.ridge_alpha), seed=int(cfg.seed))

@@ -130,3 +130,10 @@ def test_quick_suite_writes_sane_reports(tmp_path):
         assert row["max_abs_error"] <= 1e-3 and row["argmax_agreement"] == 1.0
     assert "| bbc-news | minilm-l6 → smollm2-135m |" in (out / "README.md").read_text()
     assert seconds < 180, f"--quick took {seconds:.0f} s (the issue allows 3 min)"
+
+
+def test_convergence_sizes_end_at_the_available_texts():
+    from simulations.evaluation.convergence import usable_sizes
+
+    assert usable_sizes([100, 500, 5000], 1243) == [100, 500, 1243]
+    assert usable_sizes([100, 500], 1243) == [100, 500]

@@ -67,6 +67,12 @@ def scores(predicted: np.ndarray, target: np.ndarray) -> dict[str, float]:
             "top1_retrieval": float(np.mean(similarity.argmax(axis=1) == np.arange(len(t))))}
 
 
+def usable_sizes(sizes: list[int], available: int) -> list[int]:
+    """The configured sizes that fit, ending with all available texts if a size did not fit."""
+    kept = [s for s in sizes if s <= available]
+    return [*kept, available] if len(kept) < len(sizes) and available not in kept else kept
+
+
 def convergence_rows(embeddings: dict[str, np.ndarray], *, sizes: list[int], n_test: int,
                      methods: list[str], ridge_alpha: float, seed: int) -> list[dict]:
     """Every ordered pair × size × method. ``embeddings[model]`` holds the same texts, row by row."""
@@ -83,7 +89,7 @@ def convergence_rows(embeddings: dict[str, np.ndarray], *, sizes: list[int], n_t
         for b in models:
             if a == b:
                 continue
-            for size in [s for s in sizes if s <= len(pool)]:
+            for size in usable_sizes(sizes, len(pool)):
                 fit = pool[:size]
                 cka = linear_cka(scaled[a][fit], scaled[b][fit])
                 for method in methods:
