@@ -130,6 +130,14 @@ def render_markdown(report: dict) -> str:
     seconds = report.get("seconds", {})
     lines += ["", "Phase wall times (s): " + ", ".join(
         f"{k} {v:.1f}" for k, v in seconds.items()), ""]
+    failed = [p for p in report["pairs"] if p.get("status") != "ok"]
+    if failed:  # what failed, by pair; the other pairs' results above stand
+        lines += ["Failed pairs:", *[f"- {p['querier']} → {p['provider']}: {p.get('error')}"
+                                     for p in failed], ""]
+    resent = [(p, r) for p in report["pairs"] for r in p.get("resent", [])]
+    if resent:
+        lines += ["Resent requests (timeouts or Flower errors, then retried):",
+                  *[f"- {p['querier']} → {p['provider']}: {r}" for p, r in resent], ""]
     if report["errors"]:
         lines += ["Errors:", *[f"- {e}" for e in report["errors"]], ""]
     return "\n".join(lines)
