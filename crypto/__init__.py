@@ -2,7 +2,13 @@
 models or configs."""
 
 from crypto.fitting import CrossProductPacking
-from crypto.head import EncryptedLinearHead, SinglePlan, decrypt_logits, encrypt_queries
+from crypto.head import (
+    EncryptedLinearHead,
+    SinglePlan,
+    decrypt_logits,
+    encrypt_queries,
+    query_capacity,
+)
 from crypto.kit import CkksKit, KeyMaterialError
 from crypto.params import CKKSParams, InsecureParametersError
 from crypto.serialization import CiphertextError
@@ -18,4 +24,5 @@ __all__ = [
     "SinglePlan",
     "decrypt_logits",
     "encrypt_queries",
+    "query_capacity",
 ]

@@ -18,6 +18,7 @@ from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, enc
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.data import write_split
 from silos.embedding_cache import encode_cached
+from silos.output_policy import OutputPolicy
 from silos.runtime import load_benchmark, load_encoder
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -206,6 +207,8 @@ class Querier:
             self._kit(), list(request["ciphertexts"]),
             path=str(request["path"]), n=int(request["n"]), n_classes=int(request["n_classes"]),
         )
+        serve = self.settings.serve
+        logits = OutputPolicy(serve.output_top_k, serve.output_decimals).apply(logits)
         key = f"querier.logits.{provider}"
         batches = get_arrays(self.state, key, "") if key in self.state else {}
         batches[f"{int(request['start']):09d}"] = logits

@@ -238,7 +238,8 @@ class SecureAlignmentStrategy:
         paths = ["single" if stop - first <= self.single_max else "batched"
                  for first, stop in batches]
         timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
-        sent = received = context_bytes = 0
+        sent = received = context_bytes = charged = 0
+        budget_left = -1
         for index, ((first, stop), path) in enumerate(zip(batches, paths, strict=True)):
             batch = self._ask(grid, querier, Action.ENCRYPT, {
                 "provider": provider.name, "start": first, "stop": stop, "path": path,
@@ -259,6 +260,8 @@ class SecureAlignmentStrategy:
             timing["encrypt"] += batch["seconds"]
             timing["evaluate"] += logits["seconds"]
             timing["decrypt"] += done["seconds"]
+            charged += int(logits.get("charged", 0))
+            budget_left = int(logits.get("budget_left", -1))
         report = self._ask(grid, querier, Action.REPORT, {
             "provider": provider.name, "classes": list(provider.info["classes"])}, ledger,
             "serve")
@@ -273,6 +276,8 @@ class SecureAlignmentStrategy:
             "serve_context_bytes": context_bytes,
             "bytes_per_query": (sent + received) / n_queries,
             "bytes_in_per_query": sent / n_queries, "bytes_out_per_query": received / n_queries,
+            # Query slots the provider counted against the querier's budget (-1 left: no limit).
+            "queries_charged": charged, "budget_left": budget_left,
         }
 
     # -- the whole run ----------------------------------------------------------------------------
