@@ -106,14 +106,16 @@ def test_provider_refuses_foreign_and_corrupt_ciphertexts(tmp_path, querier):
     bob = provider(tmp_path)
     Z = np.zeros((3, D))
     foreign = CkksKit.generate(CKKSParams(16384, (60, 60, 60)))
+    other_key = CkksKit.generate(CKKSParams())  # same parameters: only the key id tells them apart
     cases = {
         "another parameter set": encrypt_queries(foreign, Z, path="batched", n_classes=K),
+        "another key": encrypt_queries(other_key, Z, path="batched", n_classes=K),
         "truncated": [b[: len(b) // 2] for b in encrypt_queries(querier, Z, path="batched",
                                                                 n_classes=K)],
         "empty": [b""] * D,
     }
     for name, blobs in cases.items():
-        with pytest.raises(CiphertextError):
+        with pytest.raises(CiphertextError, match="another key" if name == "another key" else None):
             bob.evaluate(evaluate_request(querier, Z, ciphertexts=blobs))
         assert "provider.budget" not in bob.state, name
     with pytest.raises(InsecureParametersError):
@@ -173,3 +175,16 @@ def test_serve_policy_is_checked_at_the_edge():
         SiloSettings.from_config(load_config(["serve.logit_noise=-1"]), "bob")
     with pytest.raises(ValueError, match="query_budget"):
         SiloSettings.from_config(load_config(["serve.query_budget=-5"]), "bob")
+
+
+def test_the_querier_refuses_logits_computed_for_another_key(querier):
+    """A reply mixed up between queriers (another querier's context) is refused at decryption."""
+    coef, intercept = head_arrays()
+    other = CkksKit.generate(CKKSParams())
+    Z = np.zeros((2, D))
+    out = EncryptedLinearHead(coef, intercept).evaluate(
+        CkksKit.from_public(other.public_bytes()),
+        encrypt_queries(other, Z, path="batched", n_classes=K), path="batched", n=2)
+    with pytest.raises(CiphertextError, match="another key"):
+        decrypt_logits(querier, out, path="batched", n=2, n_classes=K)
+    assert CkksKit.from_secret(querier.params, querier.secret_key_bytes()).key_id == querier.key_id
