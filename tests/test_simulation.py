@@ -5,17 +5,19 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
 from tiny import tiny_overrides
 
 from conf import load_config
 from crypto import CkksKit
+from crypto.serialization import HEADER_BYTES, CiphertextError, load_into
 from silos.alignment import AffineMap
 from silos.client_app import app as client_app
 from simulations.engine import simulate
 from simulations.report import build_report
+from simulations.spy import load_messages, spying_client_app
 from strategy.server_app import run_coordinator
 
 
@@ -56,7 +58,8 @@ def tiny_run(tmp_path_factory):
         "serve.batch_size=32",  # several batches per pair
     ]
     log: list[tuple[str, Message]] = []
-    simulate(spying_server_app(log), client_app, num_silos=3, overrides=overrides)
+    simulate(spying_server_app(log), spying_client_app(str(root / "spy")), num_silos=3,
+             overrides=overrides)
     run = json.loads((out / "run.json").read_text())
     report = build_report(out, run, "pytest")
     return out, report, log
@@ -88,7 +91,25 @@ def test_the_map_stays_with_the_querier(tiny_run):
     assert not (out / "silos" / "bob" / "maps").exists()
 
 
+def _byte_values(records: dict, path: str = "") -> list[tuple[str, bytes]]:
+    """Every bytes value of a message's records, with its key; float lists checked on the way."""
+    found = []
+    for name, record in records.items():
+        assert not isinstance(record, ArrayRecord), f"{path}{name}: arrays must never travel"
+        for key, value in dict(record).items():
+            if isinstance(value, list) and value and isinstance(value[0], float):
+                assert len(value) < 16, f"{path}{key}: a float list as long as an embedding"
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, bytes):
+                    found.append((key, item))
+    return found
+
+
 def test_no_plaintext_embedding_or_secret_key_leaves_the_querier(tiny_run):
+    """Spied on both sides: the ServerApp's every message in and out (SpyGrid) and every message
+    each silo received and sent (the spying ClientApp). No message leaving the querier carries its
+    secret key — every context deserialises, at the provider's end, to a public kit — and neither
+    the ServerApp nor a provider ever receives a plaintext embedding of the querier's."""
     out, report, log = tiny_run
     querier = out / "silos" / "alice"
     public = load_file(querier / "public_embeddings.safetensors")
@@ -98,31 +119,44 @@ def test_no_plaintext_embedding_or_secret_key_leaves_the_querier(tiny_run):
         vectors += list(AffineMap.load(querier / "maps" / pair["provider"]).transform(queries))
     needles = [np.asarray(v[:4], dtype=dt).tobytes() for v in vectors
                for dt in (np.float32, np.float64)]
-    contexts = []
-    blobs = []
-    assert len(log) > 20
-    for _, message in log:
-        if message.has_error():
-            continue
-        for record in message.content.values():
-            assert not isinstance(record, ArrayRecord), "arrays must never travel"
-            assert isinstance(record, ConfigRecord)
-            for key, value in record.items():
-                if isinstance(value, list) and value and isinstance(value[0], float):
-                    assert len(value) < 16, f"{key}: a float list as long as an embedding"
-                values = value if isinstance(value, list) else [value]
-                for item in values:
-                    if isinstance(item, bytes):
-                        (contexts if key == "context" else blobs).append(item)
-    assert contexts and blobs
-    # A context is CKKS parameters + Galois keys: it loads as such (a secret key would not) and
-    # the kit it makes can neither encrypt nor decrypt.
-    kits = [CkksKit.from_public(data) for data in contexts]
-    assert not any(kit.is_private for kit in kits)
     sample = needles[:: max(1, len(needles) // 200)]  # public, query and mapped vectors alike
-    for blob in blobs:  # every other byte string is a ciphertext under the querier's parameters
+
+    spied = load_messages(out.parent / "spy")
+    secrets = {m["secret_key"] for m in spied if "secret_key" in m}
+    assert len(secrets) == 1 and all(m["partition"] == 0 for m in spied if "secret_key" in m)
+    (secret,) = secrets
+    windows = [secret[i : i + 32] for i in range(HEADER_BYTES, len(secret) - 32, 1024)]
+    assert len(windows) > 10
+
+    # What crossed: the ServerApp's view, and each silo's own view of its boundary.
+    crossing = [(f"coordinator {kind}", _byte_values(dict(m.content.items())))
+                for kind, m in log if not m.has_error()]
+    crossing += [(f"querier sent {m['action']}", _byte_values(m["sent"]))
+                 for m in spied if m["partition"] == 0]
+    at_provider = [(f"provider received {m['action']}", _byte_values(m["received"]))
+                   for m in spied if m["partition"] != 0]
+    assert len(log) > 20 and at_provider and len(crossing) > 40
+    contexts, blobs = [], []
+    for where, values in crossing + at_provider:
+        for key, blob in values:
+            assert not any(w in blob for w in windows), f"{where}: {key} holds the secret key"
+            assert not any(n in blob for n in sample), f"{where}: {key} holds an embedding"
+            (contexts if key == "context" else blobs).append(blob)
+    received_contexts = [blob for _, values in at_provider for key, blob in values
+                         if key == "context"]
+    assert received_contexts and contexts and blobs
+    # At the provider, every context is CKKS parameters + Galois keys: it loads as such, the kit
+    # it makes can neither encrypt nor decrypt, and no part of it loads as a secret key.
+    kits = [CkksKit.from_public(data) for data in received_contexts]
+    assert not any(kit.is_private for kit in kits)
+    import tenseal.sealapi as seal
+
+    for data in {*contexts}:
+        for start in range(0, len(data), max(1, len(data) // 8)):
+            with pytest.raises(CiphertextError):
+                load_into(seal.SecretKey(), kits[0].context, data[start:])
+    for blob in blobs:  # every other byte string is a ciphertext under the querier's key
         kits[0].load(blob)
-        assert not any(needle in blob for needle in sample)
 
 
 def test_a_failing_silo_fails_only_its_pairs(tmp_path):
