@@ -42,6 +42,7 @@ _handled_here = 0  # messages this process has handled (a deployed SuperNode sta
 def handle(action: Action, message: Message, context: Context) -> Message:
     global _handled_here
     _handled_here += 1
+    before = _memory_mib().get("rss_mib")
     _reset_peak_memory()
     started, loads = time.perf_counter(), load_encoder.cache_info().misses
     settings = None
@@ -66,7 +67,8 @@ def handle(action: Action, message: Message, context: Context) -> Message:
         return Message(error_content(err), reply_to=message)
     finally:
         if settings is not None:
-            _record(settings.workdir, action, started, load_encoder.cache_info().misses - loads)
+            _record(settings.workdir, action, started, load_encoder.cache_info().misses - loads,
+                    before)
 
 
 def _reset_peak_memory() -> None:
@@ -87,9 +89,10 @@ def _memory_mib() -> dict[str, float]:
         return {}
 
 
-def _record(workdir: Path, action: Action, started: float, encoder_loads: int) -> None:
+def _record(workdir: Path, action: Action, started: float, encoder_loads: int,
+            start_rss_mib: float | None) -> None:
     """One line per message in the silo's own folder: which process ran it, did it load the LM,
-    its peak and final resident memory.
+    its resident memory when it started, its peak and when it ended.
 
     The LM is needed by ``prepare`` only (its embeddings then live in ``context.state``), so a run
     should show one encoder load per silo whatever the engine starts a process for. Simulated silos
@@ -101,7 +104,7 @@ def _record(workdir: Path, action: Action, started: float, encoder_loads: int) -
             f.write(json.dumps({"action": action.value, "pid": os.getpid(),
                                 "nth_in_process": _handled_here, "encoder_loads": encoder_loads,
                                 "seconds": round(time.perf_counter() - started, 4),
-                                **_memory_mib()}) + "\n")
+                                "start_rss_mib": start_rss_mib, **_memory_mib()}) + "\n")
     except OSError:  # bookkeeping only: never fail a message for it
         log.warning("could not record the message in %s", workdir)
 

@@ -64,6 +64,32 @@ def held_out_quality(alpha: float, x: dict, y: dict) -> tuple[float, float]:
     return float(r2), float(cosine.mean())
 
 
+def memory_by_silo(output_dir: Path) -> dict[str, dict]:
+    """Each silo's resident memory from its ``messages.jsonl``: the peak over its messages, the
+    peak per action, and per action every message's peak and its growth over the memory the
+    process held when the message started (in order: to see whether it grows with batches)."""
+    memory = {}
+    for log in sorted((output_dir / "silos").glob("*/messages.jsonl")):
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        records = [r for r in records if "peak_rss_mib" in r]
+        if not records:
+            continue
+        per_message: dict[str, list[float]] = {}
+        growth: dict[str, list[float]] = {}
+        for r in records:
+            per_message.setdefault(r["action"], []).append(r["peak_rss_mib"])
+            if r.get("start_rss_mib") is not None:
+                growth.setdefault(r["action"], []).append(
+                    round(r["peak_rss_mib"] - r["start_rss_mib"], 1))
+        memory[log.parent.name] = {
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in records),
+            "peak_rss_mib_by_action": {a: max(v) for a, v in per_message.items()},
+            "per_message": per_message,
+            "growth_per_message": growth,
+        }
+    return memory
+
+
 def build_report(output_dir: Path, run: dict, command: str) -> dict:
     """Merge the run summary with the referee's figures; write report.json and report.md."""
     pairs = []
@@ -74,6 +100,7 @@ def build_report(output_dir: Path, run: dict, command: str) -> dict:
         pairs.append(pair)
     cfg = run.get("config", {})
     dataset = cfg.get("dataset", {})
+    memory = memory_by_silo(output_dir)
     report = {
         "command": command,
         "task": dataset.get("name"),
@@ -82,6 +109,7 @@ def build_report(output_dir: Path, run: dict, command: str) -> dict:
         "silos": run.get("silos", {}),
         "errors": run.get("errors", []),
         "seconds": run.get("seconds", {}),
+        "memory": memory,
         "config": cfg,
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -129,6 +157,12 @@ def render_markdown(report: dict) -> str:
             f"{p.get('wall_ms_per_query', float('nan')):.2f} |"
         )
     seconds = report.get("seconds", {})
+    if report.get("memory"):
+        lines += ["", "Peak resident memory per message, MiB (messages.jsonl; simulated silos share "
+                  "a worker process, so each figure includes it): " + "; ".join(
+                      f"{silo} {m['peak_rss_mib']:.0f} (" + ", ".join(
+                          f"{a} {v:.0f}" for a, v in m["peak_rss_mib_by_action"].items()) + ")"
+                      for silo, m in report["memory"].items())]
     lines += ["", "Phase wall times (s): " + ", ".join(
         f"{k} {v:.1f}" for k, v in seconds.items()), ""]
     failed = [p for p in report["pairs"] if p.get("status") != "ok"]
