@@ -207,14 +207,24 @@ def test_two_queriers_and_two_providers(tmp_path):
 
 
 def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
-    """Malformed requests are answered with named errors; the same silos then run the protocol."""
+    """Bad input at every boundary of a running silo is answered with a named error, and the silo
+    answers the next valid request: before the protocol (nothing prepared, no map), then after it
+    — malformed, truncated and foreign-key ciphertexts, a wrong dimension, an oversized batch, an
+    unknown action, an unknown pair, NaN in a request and in the embeddings — and a querier whose
+    query budget is spent is refused while the other silo keeps serving."""
+    import tenseal  # noqa: F401  (SEAL must be importable in the ServerApp's thread)
+    from safetensors.numpy import save_file
+
+    from crypto import CKKSParams, encrypt_queries
     from strategy.protocol import Action, error_of, message_type, request_content
 
     errors: dict[str, str] = {}
+    valid_after: dict[str, str | None] = {}
 
-    def ask(grid, node, action, request):
-        message = Message(request_content(request), dst_node_id=node,
-                          message_type=message_type(action))
+    def ask(grid, node, action, request, kind=None):
+        content = request_content(request) if request is not None else RecordDict()
+        message = Message(content, dst_node_id=node,
+                          message_type=kind or message_type(action))
         (reply,) = grid.send_and_receive([message], timeout=60)
         return reply
 
@@ -227,26 +237,93 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
             time.sleep(0.1)
         for node in grid.get_node_ids():
             nodes[str(ask(grid, node, Action.DESCRIBE, {}).content["reply"]["silo"])] = node
-        bad = {
-            "evaluate before prepare": (nodes["bob"], Action.EVALUATE,
+        alice, bob = nodes["alice"], nodes["bob"]
+        before = {
+            "evaluate before prepare": (bob, Action.EVALUATE,
                                         {"querier": "alice", "ciphertexts": [b"junk"],
                                          "path": "batched", "n": 1}),
-            "querier action at a provider": (nodes["bob"], Action.ENCRYPT, {}),
-            "encrypt before a map": (nodes["alice"], Action.ENCRYPT,
+            "querier action at a provider": (bob, Action.ENCRYPT, {}),
+            "encrypt before a map": (alice, Action.ENCRYPT,
                                      {"provider": "bob", "start": 0, "stop": 1, "path": "batched",
                                       "n_classes": 2}),
-            "no request record": (nodes["alice"], Action.UPLOAD, None),
+            "no request record": (alice, Action.UPLOAD, None),
         }
-        for name, (node, action, request) in bad.items():
-            content = request_content(request) if request is not None else RecordDict()
-            message = Message(content, dst_node_id=node, message_type=message_type(action))
-            (reply,) = grid.send_and_receive([message], timeout=60)
-            errors[name] = error_of(reply) or ""
+        for name, (node, action, request) in before.items():
+            errors[name] = error_of(ask(grid, node, action, request)) or ""
         run_coordinator(grid, load_config(context.run_config["overrides"]))
+
+        n_classes = len(ask(grid, bob, Action.DESCRIBE, {}).content["reply"]["classes"])
+        last = {}
+
+        def valid_round() -> str | None:
+            """One query through both silos (single path), as the coordinator would send it."""
+            enc = ask(grid, alice, Action.ENCRYPT, {
+                "provider": "bob", "start": 0, "stop": 1, "path": "single",
+                "n_classes": n_classes, "with_context": True, "rotations": True})
+            if error_of(enc):
+                return error_of(enc)
+            batch = enc.content["reply"]
+            last["request"] = {"querier": "alice", "ciphertexts": list(batch["ciphertexts"]),
+                               "path": "single", "n": 1, "context": batch["context"]}
+            ev = ask(grid, bob, Action.EVALUATE, last["request"])
+            if error_of(ev):
+                return error_of(ev)
+            last["evaluate"] = ev.content["reply"]
+            dec = ask(grid, alice, Action.DECRYPT, {
+                "provider": "bob", "start": 0, "n": 1, "path": "single", "n_classes": n_classes,
+                "ciphertexts": list(ev.content["reply"]["ciphertexts"])})
+            return error_of(dec)
+
+        assert valid_round() is None
+        good = last["request"]
+        flipped = bytearray(good["ciphertexts"][0])
+        flipped[len(flipped) // 2] ^= 4
+        stranger = CkksKit.generate(CKKSParams())
+        d_bob = 64
+        after = {
+            "truncated ciphertext": (bob, Action.EVALUATE, {
+                **good, "ciphertexts": [c[: len(c) // 3] for c in good["ciphertexts"]]}),
+            "bit-flipped ciphertext": (bob, Action.EVALUATE, {
+                **good, "ciphertexts": [bytes(flipped), *good["ciphertexts"][1:]]}),
+            "ciphertexts under another key": (bob, Action.EVALUATE, {
+                **good, "ciphertexts": encrypt_queries(stranger, np.zeros((1, d_bob)),
+                                                       path="single", n_classes=n_classes)}),
+            "wrong dimension": (bob, Action.EVALUATE, {
+                "querier": "alice", "path": "batched", "n": 1,
+                "ciphertexts": encrypt_queries(stranger, np.zeros((1, d_bob - 1)),
+                                               path="batched", n_classes=n_classes)}),
+            "oversized batch": (bob, Action.EVALUATE, {**good, "n": 10**6}),
+            "unknown action": (bob, None, {}),
+            "unknown provider": (alice, Action.ENCRYPT, {
+                "provider": "nobody", "start": 0, "stop": 1, "path": "batched",
+                "n_classes": n_classes}),
+            "unknown querier": (bob, Action.EVALUATE, {
+                k: v for k, v in {**good, "querier": "eve"}.items() if k != "context"}),
+            "queries out of range": (alice, Action.ENCRYPT, {
+                "provider": "bob", "start": 0, "stop": 10**6, "path": "batched",
+                "n_classes": n_classes}),
+            "NaN bound": (bob, Action.CROSS_PRODUCTS, {
+                "querier": "alice", "d_in": 33, "x_bound": float("nan"), "fit": [b"x"]}),
+        }
+        for name, (node, action, request) in after.items():
+            kind = "query.no_such_action" if action is None else None
+            errors[name] = error_of(ask(grid, node, action, request, kind)) or ""
+            valid_after[name] = valid_round()
+        # NaN in the embeddings: poison the embedding cache, then ask alice to prepare again.
+        for cached in (tmp_path / "cache" / "embeddings").glob("*.safetensors"):
+            array = load_file(cached)["embeddings"]
+            save_file({"embeddings": np.full_like(array, np.nan)}, cached)
+        errors["NaN embeddings"] = error_of(ask(grid, alice, Action.PREPARE, {})) or ""
+        valid_after["NaN embeddings"] = valid_round()
+        # Spend the budget: then bob refuses alice, and still answers everything else.
+        while last["evaluate"]["budget_left"] > 0:
+            assert valid_round() is None
+        errors["budget spent"] = error_of(ask(grid, bob, Action.EVALUATE, good)) or ""
+        valid_after["budget spent"] = error_of(ask(grid, bob, Action.DESCRIBE, {}))
 
     out = tmp_path / "out"
     overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=20),
-                 "silos.carol=null"]
+                 "silos.carol=null", "serve.query_budget=40", "serve.max_request_queries=64"]
     simulate(app, client_app, num_silos=2, overrides=overrides)
     assert "LookupError" in errors["evaluate before prepare"]
     assert "PermissionError" in errors["querier action at a provider"]
@@ -254,3 +331,21 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
     assert "no 'request' record" in errors["no request record"]
     run = json.loads((out / "run.json").read_text())
     assert [p["status"] for p in run["pairs"]] == ["ok"]
+    assert run["pairs"][0]["queries_charged"] == 20
+    expected = {
+        "truncated ciphertext": "CiphertextError",
+        "bit-flipped ciphertext": "checksum mismatch",
+        "ciphertexts under another key": "another key",
+        "wrong dimension": "expected 64 query ciphertexts",
+        "oversized batch": "max_request_queries",
+        "unknown action": "flower error",
+        "unknown provider": "no map fitted for provider 'nobody'",
+        "unknown querier": "no public context from querier 'eve'",
+        "queries out of range": "IndexError",
+        "NaN bound": "x_bound",
+        "NaN embeddings": "NaN or inf",
+        "budget spent": "QueryBudgetExceeded",
+    }
+    for name, fragment in expected.items():
+        assert fragment in errors[name], (name, errors[name])
+        assert valid_after[name] is None, (name, valid_after[name])
