@@ -10,7 +10,7 @@ from crypto.head import (
     query_capacity,
 )
 from crypto.kit import CkksKit, KeyMaterialError
-from crypto.params import CKKSParams, InsecureParametersError
+from crypto.params import CKKSParams, InsecureParametersError, InsecureParametersWarning
 from crypto.serialization import CiphertextError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "CrossProductPacking",
     "EncryptedLinearHead",
     "InsecureParametersError",
+    "InsecureParametersWarning",
     "KeyMaterialError",
     "SinglePlan",
     "decrypt_logits",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from crypto.params import CKKSParams
 from silos.alignment import AffineMap
 from silos.head import LinearHead
 from strategy.table import markdown_table
@@ -133,6 +134,10 @@ def render_markdown(report: dict) -> str:
         f"fit scale 2^{he.get('fit_input_scale_bits')}; batch size "
         f"{cfg['serve']['batch_size']} (single path up to {cfg['serve']['single_max']}).",
         "",
+        *(["**INSECURE: he.allow_insecure=true and the CKKS parameters are below 128-bit "
+           "security (HE Standard). Experiments only.**", ""]
+          if he.get("allow_insecure") and "poly_modulus_degree" in he
+          and not CKKSParams.from_config(he).is_secure else []),
         markdown_table(report["pairs"]),
         "",
         "- native: the provider's head on its own embeddings of the query texts (no alignment).",
