@@ -194,9 +194,17 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def markdown(task: Task, hardening: list[dict], extraction: list[dict], command: str,
              load: str) -> str:
+    logits = np.sort(task.Z @ task.coef + task.intercept, axis=1)
     lines = ["# Output hardening: cost and what it buys\n",
-             f"Measured by `{command}` on {task.name}; machine load: `{load}`.\n",
+             f"Measured by `{command}` on {task.name}; machine load: `{load}.\n",
+             f"Scale of the logits, to read the noise levels by: standard deviation "
+             f"{logits.std():.3g}, mean margin between the two largest "
+             f"{np.mean(logits[:, -1] - logits[:, -2]):.3g}.\n",
              "## Cost (encrypted batched path, N=8192; best of the repetitions)\n",
+             "ms/query is encrypt + evaluate + decrypt (+ the policy) for one batch of every "
+             "query; differences of a few tenths of a ms are timing noise on this shared "
+             "machine. The agreement column of the extraction table is measured on the same "
+             "queries.\n",
              "| option | enforced by | encrypted acc | Δ acc | agreement with unhardened "
              "| ms/query | Δ ms/query |", "|---|---|---|---|---|---|---|"]
     for r in hardening:
@@ -230,8 +238,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_before = _uptime()
     task = synthetic_task() if args.synthetic else real_task(
         args.overrides or ["silos.carol=null"])
     print(f"task: {task.name}", flush=True)
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "hardening.csv", hardening, HARDENING_COLUMNS)
     write_csv(out / "extraction.csv", extraction, EXTRACTION_COLUMNS)
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = f"{load_before}` at the start, `{_uptime()}` at the end"
     command = "python -m simulations.bench_hardening " + " ".join(argv or sys.argv[1:])
     (out / "README.md").write_text(markdown(task, hardening, extraction, command.strip(), load))
     print((out / "README.md").read_text())
