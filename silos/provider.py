@@ -11,13 +11,13 @@ import time
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
-from safetensors.numpy import save_file
 
 from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, query_capacity
 from silos.budget import QueryBudget
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
 from silos.runtime import load_benchmark, load_encoder
+from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -63,8 +63,8 @@ class Provider:
         truth = corpus.labels[split.query]
         s.workdir.mkdir(parents=True, exist_ok=True)
         head.save(s.workdir / "head")
-        save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
-        save_file({"logits": native_logits, "truth": truth}, s.workdir / "native_logits.safetensors")
+        atomic_save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
+        atomic_save_file({"logits": native_logits, "truth": truth}, s.workdir / "native_logits.safetensors")
         return {
             "seconds": time.perf_counter() - start,
             "dim": encoder.dim,

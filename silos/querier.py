@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
-from safetensors.numpy import save_file
 
 from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, encrypt_queries
 from silos.alignment import AffineMap, augment, fit_quality
@@ -20,6 +19,7 @@ from silos.data import write_split
 from silos.embedding_cache import encode_cached
 from silos.output_policy import OutputPolicy
 from silos.runtime import load_benchmark, load_encoder
+from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -59,8 +59,8 @@ class Querier:
         put_config(self.state, "querier.he", secret_key=kit.secret_key_bytes(),
                    label_names=list(corpus.label_names), dim=encoder.dim)
         s.workdir.mkdir(parents=True, exist_ok=True)
-        save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
-        save_file({"x": queries / scale, "labels": corpus.labels[split.query]},
+        atomic_save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
+        atomic_save_file({"x": queries / scale, "labels": corpus.labels[split.query]},
                   s.workdir / "query_embeddings.safetensors")
         write_split(s.workdir / "split.json", split, s.corpus.name)
         return {"seconds": time.perf_counter() - start, "dim": encoder.dim,
@@ -233,7 +233,7 @@ class Querier:
         predicted = logits.argmax(axis=1)
         out = self.settings.workdir / "logits"
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
+        atomic_save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
         del self.state[f"querier.logits.{provider}"]
         return {"encrypted_accuracy": float((predicted == truth).mean()), "n": len(truth)}
 
