@@ -43,9 +43,14 @@ def test_ten_thousand_encrypted_queries_in_batches(tmp_path):
         # ... and the process does not keep what it handled: keeping the query ciphertexts of
         # the batches in between would add `retained` MiB; allocator noise stays far below.
         assert max(peaks[-quarter:]) - max(peaks[:quarter]) < retained / 2, (silo, action, peaks)
+    drift = {f"{s} {a}": round(max(memory[s]["per_message"][a][-quarter:])
+                               - max(memory[s]["per_message"][a][:quarter]), 1)
+             for s, a in (("alice", "encrypt"), ("bob", "evaluate"), ("alice", "decrypt"))}
     print(f"\n10,000 queries in {batches} batches of {BATCH}: {seconds:.1f} s wall; "
-          f"serve {pair['seconds']['serve']:.1f} s; peak RSS MiB "
-          + ", ".join(f"{s}: {m['peak_rss_mib']}" for s, m in memory.items()))
+          f"serve {pair['seconds']['serve']:.1f} s ({pair['wall_ms_per_query']:.2f} ms/query wall, "
+          f"{pair['latency_ms_per_query']:.2f} compute); peak RSS MiB "
+          + ", ".join(f"{s}: {m['peak_rss_mib']}" for s, m in memory.items())
+          + f"; last-quarter minus first-quarter peak, MiB: {drift} (bound {retained / 2:.0f})")
     assert report["memory"] == memory
 
 
