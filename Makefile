@@ -2,6 +2,7 @@
 # make test  — the test suite (tiny in-memory models), set-up included
 # make test-slow — real packaged models (minutes)
 # make test-deploy — real SuperLink + SuperNode processes, TLS and node auth (minutes)
+# make evaluate — the paper's evaluation suite into reports/evaluation (~30 min; ARGS=--quick ~3 min)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-slow test-deploy lint clean
+.PHONY: install run evaluate test test-slow test-deploy lint clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ $(VENV)/.installed: pyproject.toml requirements-models.txt
 
 run: install
 	$(PY) -m simulations.run_local $(ARGS)
+
+evaluate: install
+	$(PY) -m simulations.evaluate $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(ARGS)

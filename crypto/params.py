@@ -20,6 +20,11 @@ from dataclasses import asdict, dataclass
 # Largest total coefficient modulus (bits) that keeps 128-bit classical security for a ternary secret,
 # from the Homomorphic Encryption Standard (Albrecht et al., 2018), Table 1 — the table SEAL enforces.
 MAX_LOG_Q_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+MAX_LOG_Q = {  # the same table at every security level it lists
+    128: MAX_LOG_Q_128,
+    192: {1024: 19, 2048: 37, 4096: 75, 8192: 152, 16384: 305, 32768: 611},
+    256: {1024: 14, 2048: 29, 4096: 58, 8192: 118, 16384: 237, 32768: 476},
+}
 
 # Fewest bits a plaintext weight may be encoded with: 2^-16 relative error per weight keeps the
 # protocol's 1e-3 absolute error with several thousand terms summed.
@@ -97,6 +102,13 @@ class CKKSParams:
     @property
     def log_q(self) -> int:
         return sum(self.coeff_mod_bit_sizes)
+
+    @property
+    def security_bits(self) -> int:
+        """The highest HE Standard level (128, 192, 256) this N and log Q reach; 0 below 128."""
+        n = self.poly_modulus_degree
+        return max((level for level, table in MAX_LOG_Q.items() if self.log_q <= table.get(n, -1)),
+                   default=0)
 
     @property
     def data_bits(self) -> int:

@@ -16,7 +16,8 @@ from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, query_capa
 from silos.budget import QueryBudget
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
-from silos.runtime import load_benchmark, load_encoder
+from silos.ood import OOD_LABEL
+from silos.runtime import load_benchmark, load_encoder, load_ood_texts
 from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -49,6 +50,11 @@ class Provider:
         public = encode_cached(encoder, [corpus.texts[i] for i in split.public], s.cache_dir)
         private = encode_cached(encoder, [corpus.texts[i] for i in split.private], s.cache_dir)
         native = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
+        truth = corpus.labels[split.query]
+        ood = load_ood_texts(s.corpus)  # benchmark: the OOD queries too, for native OOD scores
+        if ood:
+            native = np.vstack([native, encode_cached(encoder, list(ood), s.cache_dir)])
+            truth = np.concatenate([truth, np.full(len(ood), OOD_LABEL)])
         # The provider's space is its encoder's output over a fixed scale (|y| <= 1 on public data),
         # which bounds every encrypted sum; the head is trained in that same space.
         scale = float(np.abs(public).max()) or 1.0
@@ -60,7 +66,7 @@ class Provider:
         put_arrays(self.state, "provider.public", y_fit=y_fit, y_val=y_val)
         put_arrays(self.state, "provider.head", coef=head.coef_, intercept=head.intercept_)
         native_logits = head.decision_function(native / scale)
-        truth = corpus.labels[split.query]
+        known = truth != OOD_LABEL
         s.workdir.mkdir(parents=True, exist_ok=True)
         head.save(s.workdir / "head")
         atomic_save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
@@ -70,7 +76,7 @@ class Provider:
             "dim": encoder.dim,
             "train_accuracy": float((head.predict(private / scale) ==
                                      corpus.labels[split.private]).mean()),
-            "native_accuracy": float((native_logits.argmax(1) == truth).mean()),
+            "native_accuracy": float((native_logits.argmax(1)[known] == truth[known]).mean()),
             **{f"split_{k}": v for k, v in split.summary().items()},
         }
 

@@ -17,8 +17,9 @@ from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, enc
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.data import write_split
 from silos.embedding_cache import encode_cached
+from silos.ood import OOD_LABEL, ood_metrics
 from silos.output_policy import OutputPolicy
-from silos.runtime import load_benchmark, load_encoder
+from silos.runtime import load_benchmark, load_encoder, load_ood_texts
 from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -35,7 +36,7 @@ class Querier:
     def describe(self, request: ConfigRecord) -> dict:
         s = self.settings
         return {"silo": s.name, "role": s.role, "model": s.encoder.model,
-                "n_queries": s.corpus.n_query}
+                "n_queries": s.corpus.n_query + s.corpus.n_ood}
 
     def prepare(self, request: ConfigRecord) -> dict:
         """Embed the public and query texts; create the key pair."""
@@ -47,20 +48,24 @@ class Querier:
         texts = [corpus.texts[i] for i in split.public]
         public = encode_cached(encoder, texts, s.cache_dir)
         queries = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
+        labels = corpus.labels[split.query]
+        ood = load_ood_texts(s.corpus)  # benchmark: other-corpus texts, labelled OOD_LABEL
+        if ood:
+            queries = np.vstack([queries, encode_cached(encoder, list(ood), s.cache_dir)])
+            labels = np.concatenate([labels, np.full(len(ood), OOD_LABEL)])
         # A fixed scale keeps every encrypted sum far below the CKKS modulus (|x| <= 1 on public data).
         scale = float(np.abs(public).max()) or 1.0
         position = {index: row for row, index in enumerate(split.public)}
         x_fit = public[[position[i] for i in fit_ix]] / scale
         x_val = public[[position[i] for i in val_ix]] / scale
         put_arrays(self.state, "querier.public", x_fit=x_fit, x_val=x_val)
-        put_arrays(self.state, "querier.queries", x=queries / scale,
-                   labels=corpus.labels[split.query])
+        put_arrays(self.state, "querier.queries", x=queries / scale, labels=labels)
         kit = CkksKit.generate(s.he)
         put_config(self.state, "querier.he", secret_key=kit.secret_key_bytes(),
                    label_names=list(corpus.label_names), dim=encoder.dim)
         s.workdir.mkdir(parents=True, exist_ok=True)
         atomic_save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
-        atomic_save_file({"x": queries / scale, "labels": corpus.labels[split.query]},
+        atomic_save_file({"x": queries / scale, "labels": labels},
                   s.workdir / "query_embeddings.safetensors")
         write_split(s.workdir / "split.json", split, s.corpus.name)
         return {"seconds": time.perf_counter() - start, "dim": encoder.dim,
@@ -224,10 +229,12 @@ class Querier:
         logits = np.concatenate([batches[k] for k in sorted(batches)])
         queries = get_arrays(self.state, "querier.queries", NOT_PREPARED)
         names = list(get_config(self.state, "querier.he", NOT_PREPARED)["label_names"])
-        unknown = set(names) - set(classes)
+        known = queries["labels"] != OOD_LABEL
+        unknown = {names[y] for y in queries["labels"][known]} - set(classes)
         if unknown:
             raise ValueError(f"provider {provider!r} has no class for labels {sorted(unknown)}")
-        truth = np.asarray([classes.index(names[y]) for y in queries["labels"]])
+        truth = np.asarray([classes.index(names[y]) if y != OOD_LABEL else OOD_LABEL
+                            for y in queries["labels"]])
         if len(logits) != len(truth):
             raise ValueError(f"{len(logits)} decrypted predictions for {len(truth)} queries")
         predicted = logits.argmax(axis=1)
@@ -235,5 +242,10 @@ class Querier:
         out.mkdir(parents=True, exist_ok=True)
         atomic_save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
         del self.state[f"querier.logits.{provider}"]
-        return {"encrypted_accuracy": float((predicted == truth).mean()), "n": len(truth)}
+        reply = {"encrypted_accuracy": float((predicted[known] == truth[known]).mean()),
+                 "n": int(known.sum())}
+        if not known.all():  # OOD scores of the decrypted logits, computed here, by the querier
+            reply.update({f"ood_{k}_encrypted": v for k, v in ood_metrics(logits, truth).items()})
+            reply["n_ood"] = int((~known).sum())
+        return reply
 

@@ -10,6 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from silos.data import Split, TextDataset, load_corpus, split_corpus
 from silos.registry import resolve_model
 from silos.settings import CorpusSpec, EncoderSpec
@@ -50,3 +52,18 @@ def load_benchmark(spec: CorpusSpec) -> tuple[TextDataset, Split]:
         seed=spec.seed,
     )
     return corpus, split
+
+
+@lru_cache(maxsize=4)
+def load_ood_texts(spec: CorpusSpec) -> tuple[str, ...]:
+    """The out-of-distribution queries: ``spec.n_ood`` texts of ``spec.ood``, a seeded sample."""
+    if not spec.n_ood:
+        return ()
+    if spec.ood is None or spec.ood == spec.name:
+        raise ValueError(f"dataset.n_ood={spec.n_ood} needs dataset.ood, a corpus other than "
+                         f"{spec.name!r}")
+    corpus = load_corpus(spec.ood)
+    if spec.n_ood > len(corpus):
+        raise ValueError(f"dataset.n_ood={spec.n_ood} but {spec.ood!r} has {len(corpus)} texts")
+    chosen = np.sort(np.random.default_rng(spec.seed + 2).permutation(len(corpus))[: spec.n_ood])
+    return tuple(corpus.texts[i] for i in chosen)

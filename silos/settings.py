@@ -39,6 +39,8 @@ class CorpusSpec:
     n_query: int = 300
     seed: int = 0
     holdout: float = 0.2
+    ood: str | None = None  # a corpus whose texts are added to the queries as out-of-distribution
+    n_ood: int = 0
 
     def public_parts(self, public: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Split the public indices into the fit part and the held-out part (same on every silo)."""
@@ -132,6 +134,8 @@ class SiloSettings:
             n_query=int(cfg.dataset.n_query),
             seed=int(cfg.run.seed),
             holdout=float(cfg.alignment.holdout),
+            ood=None if cfg.dataset.get("ood") is None else str(cfg.dataset.ood),
+            n_ood=int(cfg.dataset.get("n_ood", 0)),
         )
         return cls(
             name=name,

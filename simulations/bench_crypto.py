@@ -72,9 +72,10 @@ def tenseal_context(n: int) -> ts.Context:
 class HeadBench:
     """One (d, K, N) configuration: a random head and random aligned queries."""
 
-    def __init__(self, d: int, k: int, preset: str, seed: int) -> None:
+    def __init__(self, d: int, k: int, preset: str, seed: int,
+                 params: CKKSParams | None = None) -> None:
         rng = np.random.default_rng(seed)
-        self.d, self.k, self.params = d, k, params_for(preset)
+        self.d, self.k, self.params = d, k, params or params_for(preset)
         self.n = self.params.poly_modulus_degree
         self.V = rng.normal(size=(d, k)) / np.sqrt(d)
         self.c = rng.normal(size=k)
@@ -301,12 +302,13 @@ def readme_summary(head: list[dict], fit: list[dict], command: str) -> str:
     return "\n".join([*lines, "", README_END])
 
 
-def update_readme(readme: Path, block: str) -> None:
+def update_readme(readme: Path, block: str, start: str = README_START, end: str = README_END) -> None:
+    """Replace the README's ``start … end`` block (both markers included in ``block``)."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no {README_START} … {README_END} block to replace")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} … {end} block to replace")
+    head, rest = text.split(start, 1)
+    readme.write_text(head + block + rest.split(end, 1)[1])
 
 
 def plot(head: list[dict], path: Path) -> None:

@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 from crypto.params import CKKSParams
 from silos.alignment import AffineMap
 from silos.head import LinearHead
+from silos.ood import OOD_LABEL, ood_metrics
 from strategy.table import markdown_table
 
 
@@ -34,23 +35,30 @@ def referee_pair(output_dir: Path, pair: dict) -> dict:
         np.vstack([y_public["y_fit"], y_public["y_val"]]),
     )
     truth = decrypted["truth"]
+    known = truth != OOD_LABEL  # OOD queries have no class: accuracies count the others
     reference = head.decision_function(encrypted_fit.transform(queries["x"]))  # float64
     plain = head.decision_function(plaintext_fit.transform(queries["x"]))
     encrypted = decrypted["logits"]
     relative = np.linalg.norm(encrypted_fit.coef_ - plaintext_fit.coef_) / np.linalg.norm(
         plaintext_fit.coef_)
     r2, cosine = held_out_quality(encrypted_fit.alpha, x_public, y_public)
-    return {
+    figures = {
         "plaintext_r2": r2,
         "plaintext_cosine": cosine,
-        "aligned_accuracy": float((reference.argmax(1) == truth).mean()),
-        "plaintext_fit_accuracy": float((plain.argmax(1) == truth).mean()),
-        "encrypted_accuracy": float((encrypted.argmax(1) == truth).mean()),
+        "aligned_accuracy": float((reference.argmax(1) == truth)[known].mean()),
+        "plaintext_fit_accuracy": float((plain.argmax(1) == truth)[known].mean()),
+        "encrypted_accuracy": float((encrypted.argmax(1) == truth)[known].mean()),
         "agreement": float((encrypted.argmax(1) == reference.argmax(1)).mean()),
         # Over the logits the querier kept (its output policy may drop some: -inf).
         "max_abs_error": float(np.abs(encrypted - reference)[np.isfinite(encrypted)].max()),
         "map_relative_error": float(relative),
     }
+    if not known.all():
+        native = load_file(p_dir / "native_logits.safetensors")
+        for name, logits, labels in (("native", native["logits"], native["truth"]),
+                                     ("aligned", reference, truth)):
+            figures.update({f"ood_{k}_{name}": v for k, v in ood_metrics(logits, labels).items()})
+    return figures
 
 
 def held_out_quality(alpha: float, x: dict, y: dict) -> tuple[float, float]:

@@ -270,6 +270,7 @@ class SecureAlignmentStrategy:
             "path": "+".join(sorted(set(paths))), "batch_size": self.batch_size,
             "n_queries": n_queries,
             "encrypted_accuracy": report["encrypted_accuracy"],
+            **{k: v for k, v in report.items() if k.startswith("ood_") or k == "n_ood"},
             "latency_ms_per_query": 1000 * compute / n_queries,
             **{f"{k}_ms_per_query": 1000 * v / n_queries for k, v in timing.items()},
             "wall_ms_per_query": 1000 * ledger.seconds.get("serve", 0.0) / n_queries,

@@ -50,3 +50,13 @@ def test_silo_config_typos_are_refused():
         SiloSettings.from_config(load_config(["silos.bob.role=boss"]), "bob")
     with pytest.raises(KeyError, match="unknown silo"):
         SiloSettings.from_config(load_config(), "mallory")
+
+
+def test_ood_queries_need_another_corpus():
+    from silos.runtime import load_ood_texts
+
+    assert load_ood_texts(CorpusSpec(name="x")) == ()
+    with pytest.raises(ValueError, match=r"needs dataset\.ood"):
+        load_ood_texts(CorpusSpec(name="x", n_ood=5))
+    with pytest.raises(ValueError, match=r"needs dataset\.ood"):
+        load_ood_texts(CorpusSpec(name="x", ood="x", n_ood=5))

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
-from tiny import tiny_overrides
+from tiny import tiny_overrides, write_ood_corpus
 
 from conf import load_config
 from crypto import CkksKit
@@ -56,6 +56,7 @@ def tiny_run(tmp_path_factory):
         *tiny_overrides(root, n_texts=320, n_public=120, n_private=120, n_query=70),
         "silos.carol.pooling=last",
         "serve.batch_size=32",  # several batches per pair
+        f"dataset.ood={write_ood_corpus(root / 'ood.csv', 40)}", "dataset.n_ood=30",
     ]
     log: list[tuple[str, Message]] = []
     simulate(spying_server_app(log), spying_client_app(str(root / "spy")), num_silos=3,
@@ -78,9 +79,22 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
         # Fit quality measured under encryption equals the plaintext computation.
         assert pair["r2"] == pytest.approx(pair["plaintext_r2"], abs=1e-5)
         assert pair["cosine"] == pytest.approx(pair["plaintext_cosine"], abs=1e-5)
-        assert pair["n_queries"] == 70 and pair["latency_ms_per_query"] > 0
+        assert pair["n_queries"] == 100 and pair["latency_ms_per_query"] > 0
         assert pair["bytes_per_query"] > 0 and pair["context_bytes"] > 0
         assert 0.0 <= pair["native_accuracy"] <= 1.0
+
+
+def test_ood_scores_from_decrypted_logits_match_plaintext(tiny_run):
+    _, report, _ = tiny_run
+    for pair in report["pairs"]:
+        assert pair["n_ood"] == 30
+        for score in ("msp", "energy", "max_logit"):
+            for kind in ("native", "aligned", "encrypted"):
+                assert 0.0 <= pair[f"ood_auroc_{score}_{kind}"] <= 1.0
+                assert 0.0 <= pair[f"ood_fpr95_{score}_{kind}"] <= 1.0
+            # The querier's scores of its decrypted logits are the float64 ones, up to CKKS noise.
+            assert pair[f"ood_auroc_{score}_encrypted"] == pytest.approx(
+                pair[f"ood_auroc_{score}_aligned"], abs=0.01)
 
 
 def test_the_map_stays_with_the_querier(tiny_run):

@@ -83,6 +83,16 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+def write_ood_corpus(path: Path, n: int, seed: int = 7) -> Path:
+    """Texts of filler words only: no topic of the tiny corpus (out-of-distribution queries)."""
+    rng = np.random.default_rng(seed)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((" ".join(rng.choice(FILLER, size=8)), "none") for _ in range(n))
+    return path
+
+
 def tiny_overrides(root: Path, *, n_texts: int, n_public: int, n_private: int, n_query: int,
                    carol: str | None = None) -> list[str]:
     """Config overrides for a 3-silo run on the tiny models and a synthetic corpus under ``root``."""

@@ -1,0 +1,233 @@
+"""The paper's evaluation suite: convergence, classification, OOD, generation, privacy/latency.
+
+    python -m simulations.evaluate                 # everything (~30 min on 2 cores, caches cold)
+    python -m simulations.evaluate --quick         # two models, small sets (~3 min): CI's test
+    python -m simulations.evaluate --only generation generation.new_tokens=40
+
+KEY=VALUE pairs override conf/evaluation.yaml. Writes README.md, summary.json, CSVs and PNGs into
+``output_dir`` (reports/evaluation); the simulations' silo folders go to ``runs_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from conf import CONF_DIR, load_config
+from simulations.evaluation import classification, convergence, figures, tradeoffs
+from simulations.evaluation.embeddings import corpus_spec, embed_lists, task_texts
+
+EXPERIMENTS = ("classification", "convergence", "generation", "tradeoffs")
+
+
+def load_evaluation_config(overrides: list[str], quick: bool) -> DictConfig:
+    base = OmegaConf.load(CONF_DIR / "evaluation.yaml")
+    quick_section = base.pop("quick")
+    if quick:
+        base = OmegaConf.merge(base, quick_section)
+    cli = OmegaConf.from_dotlist(overrides)
+    for key in cli:
+        if key not in base:
+            raise KeyError(f"unknown key {key!r} (see conf/evaluation.yaml)")
+    return OmegaConf.merge(base, cli)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.evaluate",
+        description="Reproduce the paper's evaluation on the packaged models, through the "
+        "product's silos, strategy and crypto: representation convergence, encrypted "
+        "classification and OOD detection for every ordered model pair on both packaged tasks, "
+        "cross-model generation between the causal LMs, and the CKKS privacy/latency trade-off.",
+        epilog="defaults and every key: conf/evaluation.yaml",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides (OmegaConf dotlist), e.g. models=[minilm-l6,mpnet-base]")
+    parser.add_argument("--quick", action="store_true",
+                        help="two models and small sets: a ~3 minute smoke run (CI)")
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite the main table in the project README.md")
+    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS),
+                        help="run only these experiments (the summary keeps what is not rerun)")
+    return parser.parse_args(argv)
+
+
+def _tasks(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """The configured tasks (``tasks.NAME=null`` removes one)."""
+    return [(task, spec) for task, spec in cfg.classification.tasks.items() if spec is not None]
+
+
+def run_classification(cfg: DictConfig, command: str) -> dict:
+    c = cfg.classification
+    rows, ood, runs = [], [], {}
+    for task, spec in _tasks(cfg):
+        print(f"[classification] {task}: every ordered pair of {list(cfg.models)} "
+              f"(one Flower simulation)", flush=True)
+        run_dir = Path(cfg.runs_dir) / task
+        report, seconds = classification.run_task(
+            task, spec.get("ood"), models=list(cfg.models), n_public=int(c.n_public),
+            n_private=int(c.n_private), n_query=int(c.n_query), n_ood=int(c.n_ood),
+            seed=int(cfg.seed), cache_dir=str(cfg.cache_dir), run_dir=run_dir,
+            extra=list(c.overrides))
+        task_rows, task_ood = classification.rows(report, run_dir, task)
+        rows += task_rows
+        ood += task_ood
+        runs[task] = {"seconds": seconds, "errors": report["errors"],
+                      "he": {k: report["config"]["he"].get(k) for k in
+                             ("preset", "poly_modulus_degree", "coeff_mod_bit_sizes")}}
+        print(f"  {task}: {sum(r.get('status') == 'ok' for r in task_rows)}/{len(task_rows)} "
+              f"pairs ok in {seconds:.0f} s", flush=True)
+    out = Path(cfg.output_dir)
+    figures.classification_figure(rows, out / "classification.png", command)
+    if ood:
+        figures.ood_figure(ood, out / "ood.png", command)
+    return {"classification": rows, "ood": ood, "classification_runs": runs}
+
+
+def run_convergence(cfg: DictConfig, command: str) -> dict:
+    c = cfg.classification
+    lists: dict[str, list[str]] = {}
+    for task, spec in _tasks(cfg):  # the texts the classification simulations embedded
+        cs = corpus_spec(task, spec.get("ood"), n_public=int(c.n_public), n_private=int(c.n_private),
+                         n_query=int(c.n_query), n_ood=int(c.n_ood) if spec.get("ood") else 0,
+                         seed=int(cfg.seed))
+        lists.update({f"{task}/{part}": texts for part, texts in task_texts(cs).items()})
+    order, seen = [], set()
+    for name, texts in lists.items():  # each distinct text once (OOD texts recur across tasks)
+        for i, text in enumerate(texts):
+            if text not in seen:
+                seen.add(text)
+                order.append((name, i))
+    embeddings = {}
+    for model in cfg.models:
+        print(f"[convergence] embeddings of {len(order)} texts by {model}", flush=True)
+        arrays = embed_lists(model, lists, Path(cfg.cache_dir).expanduser())
+        embeddings[model] = np.stack([arrays[name][i] for name, i in order])
+    cv = cfg.convergence
+    rows = convergence.convergence_rows(
+        embeddings, sizes=list(cv.sizes), n_test=int(cv.n_test), methods=list(cv.methods),
+        ridge_alpha=float(cv.ridge_alpha), seed=int(cfg.seed))
+    figures.convergence_figure(rows, Path(cfg.output_dir) / "convergence.png", command)
+    return {"convergence": rows, "convergence_texts": len(order)}
+
+
+def run_generation(cfg: DictConfig) -> dict:
+    from silos.data import load_corpus
+    from simulations.evaluation import generation
+
+    g = cfg.generation
+    cache = Path(cfg.cache_dir).expanduser()
+    corpus = load_corpus(str(g.corpus))
+    order = np.random.default_rng(int(cfg.seed) + 3).permutation(len(corpus))
+    fit = [corpus.texts[i] for i in order[: g.n_fit_texts]]
+    test = [corpus.texts[i] for i in order[g.n_fit_texts: g.n_fit_texts + g.n_test_texts]]
+    rest = order[g.n_fit_texts + g.n_test_texts:]
+    prompts = ["The government said", "In the match on Saturday,"][: int(g.n_prompts)]
+    prompts += [" ".join(corpus.texts[i].split()[:8]) for i in rest[: int(g.n_prompts) - len(prompts)]]
+    print(f"[generation] loading {g.model_a} and {g.model_b}", flush=True)
+    a = generation.CausalLM(str(g.model_a), cache, max_tokens=int(g.max_tokens))
+    b = a if g.model_b == g.model_a else generation.CausalLM(str(g.model_b), cache,
+                                                             max_tokens=int(g.max_tokens))
+    states = {m.name: generation.all_states(m, {"fit": fit, "test": test}) for m in {a, b}}
+    directions = []
+    for first, second in ([(a, b), (b, a)] if b is not a else [(a, b)]):
+        print(f"[generation] {first.name} → {second.name}", flush=True)
+        directions.append(generation.run_direction(
+            first, second, states, prompts, alpha=float(g.alpha), new_tokens=int(g.new_tokens)))
+    main = directions[0]
+    mapped = main.pop("mapping").transform(states[a.name]["test"][0].states)
+    for d in directions[1:]:
+        d.pop("mapping")
+    print(f"[generation] {b.name}'s LM head under CKKS: a {g.encrypted_slice}-row slice", flush=True)
+    cost = generation.encrypted_head_cost(b, mapped, int(g.encrypted_slice), dict(load_config().he))
+    summary = {k: v for k, v in main.items() if k != "examples"}
+    return {"generation": {**summary, "directions": directions, "encrypted_head": cost,
+                           "corpus": str(g.corpus), "n_fit_texts": len(fit),
+                           "n_test_texts": len(test)}}
+
+
+def run_tradeoffs(cfg: DictConfig, command: str) -> dict:
+    t = cfg.tradeoffs
+    print("[tradeoffs] presets × scales × dims × paths", flush=True)
+    rows = tradeoffs.tradeoff_rows(presets=list(t.presets), input_scale_bits=list(t.input_scale_bits),
+                                   dims=list(t.dims), classes=int(t.classes), batch=int(t.batch),
+                                   reps=int(t.reps), seed=int(cfg.seed))
+    figures.tradeoff_figure(rows, Path(cfg.output_dir) / "tradeoffs.png", command)
+    return {"tradeoffs": rows}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], list | dict)))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_evaluation_config(args.overrides, args.quick)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    command = " ".join(["python -m simulations.evaluate", *(["--quick"] if args.quick else []),
+                        *([f"--only {' '.join(args.only)}"] if len(args.only) < 4 else []),
+                        *args.overrides])
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_file = out / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    seconds = summary.get("seconds", {})
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    for name in args.only:
+        t0 = time.perf_counter()
+        if name == "classification":
+            summary.update(run_classification(cfg, command))
+        elif name == "convergence":
+            summary.update(run_convergence(cfg, command))
+        elif name == "generation":
+            summary.update(run_generation(cfg))
+        else:
+            summary.update(run_tradeoffs(cfg, command))
+        seconds[name] = time.perf_counter() - t0
+        print(f"[{name}] done in {seconds[name]:.0f} s", flush=True)
+    seconds["total_this_command"] = time.perf_counter() - started
+    summary.update(command=command, seconds=seconds, quick=args.quick,
+                   machine={"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "load_average_before": load_before,
+                            "load_average_after": os.getloadavg()},
+                   config=OmegaConf.to_container(cfg))
+    for key in ("classification", "ood", "convergence", "tradeoffs"):
+        if summary.get(key):
+            write_csv(out / f"{key}.csv", summary[key])
+    summary_file.write_text(json.dumps(summary, indent=2, default=float))
+    from simulations.evaluation.markdown import README_END, README_START, readme_block, render
+
+    (out / "README.md").write_text(render(summary))
+    if args.readme:
+        from simulations.bench_crypto import update_readme
+
+        update_readme(Path("README.md"), readme_block(summary), README_START, README_END)
+    print(f"\nwrote {out / 'README.md'} and {summary_file} "
+          f"({seconds['total_this_command']:.0f} s)")
+    failed = [r for r in summary.get("classification", []) if r.get("status") != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
