@@ -2,9 +2,15 @@
 models or configs."""
 
 from crypto.fitting import CrossProductPacking
-from crypto.head import EncryptedLinearHead, SinglePlan, decrypt_logits, encrypt_queries
+from crypto.head import (
+    EncryptedLinearHead,
+    SinglePlan,
+    decrypt_logits,
+    encrypt_queries,
+    query_capacity,
+)
 from crypto.kit import CkksKit, KeyMaterialError
-from crypto.params import CKKSParams, InsecureParametersError
+from crypto.params import CKKSParams, InsecureParametersError, InsecureParametersWarning
 from crypto.serialization import CiphertextError
 
 __all__ = [
@@ -14,8 +20,10 @@ __all__ = [
     "CrossProductPacking",
     "EncryptedLinearHead",
     "InsecureParametersError",
+    "InsecureParametersWarning",
     "KeyMaterialError",
     "SinglePlan",
     "decrypt_logits",
     "encrypt_queries",
+    "query_capacity",
 ]

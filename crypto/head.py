@@ -84,7 +84,12 @@ class SinglePlan:
                 for b in range(self.copies)]
 
     def diagonals(self, coef: np.ndarray) -> np.ndarray:
-        """(chunks, giant, copies, slots): rot(diag_{q·g+β}, -q·g), tiled — the plaintexts."""
+        """(chunks, giant, copies, slots): the plaintexts rot(diag_{q·g+β}, -q·g).
+
+        Each diagonal covers the first period only, zero elsewhere: the query is tiled over every
+        period, but only period 0 is computed, so a querier that packs other queries in the other
+        periods learns nothing more from them — one query per ciphertext, as the query budget
+        counts (``query_capacity``)."""
         P, K, g = self.period, self.k_pad, self.copies
         V = np.zeros((self.n_chunks * P, K))
         V[: self.n_features, : self.n_classes] = coef
@@ -95,8 +100,35 @@ class SinglePlan:
             for q in range(self.giant):
                 for b in range(g):
                     diag = block[(j + q * g + b) % P, j % K]
-                    out[c, q, b] = np.tile(np.roll(diag, q * g), self.slots // P)
+                    out[c, q, b] = np.roll(np.pad(diag, (0, self.slots - P)), q * g)
         return out
+
+
+def query_capacity(path: str, n: int, slots: int) -> int:
+    """Queries a request of ``n`` queries can carry, whatever the querier claims: what a query
+    budget must count. Batched: every slot of each group's feature ciphertexts can hold a query,
+    so a request costs whole groups of ``slots``. Single: one query per ciphertext set (the
+    diagonals cover one period, see :meth:`SinglePlan.diagonals`)."""
+    if n < 1:
+        raise ValueError(f"a request needs at least one query, got n={n}")
+    if path == "batched":
+        return math.ceil(n / slots) * slots
+    if path == "single":
+        return n
+    raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+
+
+def _noise(rng: np.random.Generator | None, std: float, size: int) -> np.ndarray:
+    """Gaussian noise of standard deviation ``std``, clipped at NOISE_CLIP·std (bounded, so it
+    fits the scale chosen for the logits)."""
+    if std <= 0:
+        return np.zeros(size)
+    rng = np.random.default_rng() if rng is None else rng
+    return np.clip(rng.normal(0.0, std, size), -NOISE_CLIP * std, NOISE_CLIP * std)
+
+
+# Noise is clipped at this many standard deviations; the logit bound grows by as much.
+NOISE_CLIP = 6.0
 
 
 def encrypt_queries(kit: CkksKit, Z: np.ndarray, *, path: str, n_classes: int) -> list[bytes]:
@@ -159,30 +191,48 @@ class EncryptedLinearHead:
     def plan(self, slots: int) -> SinglePlan:
         return SinglePlan(self.n_features, self.n_classes, slots)
 
-    def weight_scale(self, kit: CkksKit, like: seal.Ciphertext) -> float:
-        """Largest plaintext scale whose logits (|z| <= max_abs_input) fit ``like``'s primes."""
+    def weight_scale(self, kit: CkksKit, like: seal.Ciphertext, noise_std: float = 0.0) -> float:
+        """Largest plaintext scale whose logits (|z| <= max_abs_input, plus the clipped noise)
+        fit ``like``'s primes."""
         bound = (np.abs(self.coef).sum(axis=0) * kit.params.max_abs_input
-                 + np.abs(self.intercept)).max()
+                 + np.abs(self.intercept)).max() + NOISE_CLIP * noise_std
         return kit.params.weight_scale_for(float(bound), kit.scale_bits(like),
                                            kit.level_bits(like))
 
-    def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int) -> list[bytes]:
-        """Ciphertext bytes in, logit ciphertext bytes out (the provider's whole job)."""
+    def expected_ciphertexts(self, path: str, n: int, slots: int) -> int:
+        """How many query ciphertexts a request of ``n`` queries must hold."""
+        query_capacity(path, n, slots)  # checks n and path
         if path == "batched":
-            return [kit.dump(ct) for ct in self.evaluate_batched(kit, kit.load_many(blobs), n)]
-        if path == "single":
-            plan = self.plan(kit.slots)
-            per = plan.ciphertexts_per_query
-            if len(blobs) != n * per:
-                raise ValueError(f"expected {n * per} query ciphertexts for {n} queries, "
-                                 f"got {len(blobs)}")
-            cts = kit.load_many(blobs)
-            return [kit.dump(self.evaluate_single(kit, cts[i * per : (i + 1) * per]))
-                    for i in range(n)]
-        raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+            return math.ceil(n / slots) * self.n_features
+        return n * self.plan(slots).ciphertexts_per_query
 
-    def evaluate_batched(self, kit: CkksKit, features: list[seal.Ciphertext],
-                         n: int) -> list[seal.Ciphertext]:
+    def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
+                 noise_std: float = 0.0, rng: np.random.Generator | None = None) -> list[bytes]:
+        """Ciphertext bytes in, logit ciphertext bytes out (the provider's whole job).
+
+        The ciphertext count is checked before any is deserialised. ``noise_std`` > 0 adds
+        Gaussian noise (clipped at NOISE_CLIP·std) to every slot of every logit ciphertext: a
+        plaintext add the provider enforces, which makes each logit it releases noisy and masks
+        the slots that hold no logit.
+        """
+        expected = self.expected_ciphertexts(path, n, kit.slots)
+        if len(blobs) != expected:
+            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the {path} "
+                             f"path (d={self.n_features}), got {len(blobs)}")
+        if not (np.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
+        if path == "batched":
+            return [kit.dump(ct) for ct in self.evaluate_batched(kit, kit.load_many(blobs), n,
+                                                                 noise_std=noise_std, rng=rng)]
+        per = self.plan(kit.slots).ciphertexts_per_query
+        cts = kit.load_many(blobs)
+        return [kit.dump(self.evaluate_single(kit, cts[i * per : (i + 1) * per],
+                                              noise_std=noise_std, rng=rng))
+                for i in range(n)]
+
+    def evaluate_batched(self, kit: CkksKit, features: list[seal.Ciphertext], n: int, *,
+                         noise_std: float = 0.0,
+                         rng: np.random.Generator | None = None) -> list[seal.Ciphertext]:
         """K logit ciphertexts per group of N/2 queries, from d feature-major ciphertexts per group."""
         groups = math.ceil(n / kit.slots)
         if n < 1 or len(features) != groups * self.n_features:
@@ -190,7 +240,7 @@ class EncryptedLinearHead:
                              f"queries, got {len(features)}")
         if len({(tuple(ct.parms_id()), ct.scale) for ct in features}) > 1:
             raise ValueError("the query ciphertexts differ in level or scale")
-        scale = self.weight_scale(kit, features[0])
+        scale = self.weight_scale(kit, features[0], noise_std)
         logits = []
         for g in range(groups):
             cts = features[g * self.n_features : (g + 1) * self.n_features]
@@ -203,8 +253,10 @@ class EncryptedLinearHead:
                     acc = kit.multiply_add(acc, ct, weight)
                 if acc is None:
                     raise ValueError(f"the head's column {k} rounds to zero at this scale")
-                kit.evaluator.add_plain_inplace(
-                    acc, kit.encode(float(self.intercept[k]), acc.scale, like=acc))
+                bias = float(self.intercept[k])
+                if noise_std > 0:
+                    bias = bias + _noise(rng, noise_std, kit.slots)
+                kit.evaluator.add_plain_inplace(acc, kit.encode(bias, acc.scale, like=acc))
                 logits.append(acc)
         return logits
 
@@ -218,7 +270,9 @@ class EncryptedLinearHead:
                                     for c in range(plan.n_chunks)]
         return self._diagonals[key]
 
-    def evaluate_single(self, kit: CkksKit, query: list[seal.Ciphertext]) -> seal.Ciphertext:
+    def evaluate_single(self, kit: CkksKit, query: list[seal.Ciphertext], *,
+                        noise_std: float = 0.0,
+                        rng: np.random.Generator | None = None) -> seal.Ciphertext:
         """One logit ciphertext (slot k = logit k) from one query's ciphertexts (chunk × copy)."""
         plan = self.plan(kit.slots)
         if len(query) != plan.ciphertexts_per_query:
@@ -226,7 +280,8 @@ class EncryptedLinearHead:
                              f"got {len(query)}")
         if len({(tuple(ct.parms_id()), ct.scale) for ct in query}) > 1:
             raise ValueError("the query ciphertexts differ in level or scale")
-        diags = self._encoded_diagonals(kit, plan, self.weight_scale(kit, query[0]), query[0])
+        diags = self._encoded_diagonals(kit, plan, self.weight_scale(kit, query[0], noise_std),
+                                        query[0])
         total = None
         for q in range(plan.giant):
             inner = None
@@ -241,7 +296,7 @@ class EncryptedLinearHead:
         while stride >= plan.k_pad:
             total = kit.add_into(total, kit.rotate(total, stride))
             stride //= 2
-        bias = np.zeros(kit.slots)
-        bias[: self.n_classes] = self.intercept
+        bias = _noise(rng, noise_std, kit.slots)
+        bias[: self.n_classes] += self.intercept
         kit.evaluator.add_plain_inplace(total, kit.encode(bias, total.scale, like=total))
         return total

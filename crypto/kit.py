@@ -12,13 +12,14 @@ ever serialised by :meth:`CkksKit.secret_key_bytes`, for the querier's own node 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from crypto.params import CKKSParams, InsecureParametersError
-from crypto.serialization import CiphertextError, dump, load_into
+from crypto.serialization import TAG_BYTES, CiphertextError, dump, load_into
 
 
 class KeyMaterialError(ValueError):
@@ -56,11 +57,17 @@ class CkksKit:
         self.galois_keys: seal.GaloisKeys | None = None
         self.rotation_steps: frozenset[int] = frozenset()
         self.public_data: bytes = b""  # what from_public was built from (for worker processes)
+        # Id of the querier's key, written into every ciphertext and checked on load: a ciphertext
+        # under another key (same parameters) is refused rather than computed into garbage. A
+        # one-way hash of the secret key for the querier; read from the public context otherwise.
+        self.key_id: bytes | None = None
         self._secret_key = secret_key
         if secret_key is not None:
             self._encryptor = seal.Encryptor(self.context, secret_key)
             self._decryptor = seal.Decryptor(self.context, secret_key)
             self._keygen = seal.KeyGenerator(self.context, secret_key)
+            self.key_id = hashlib.blake2b(dump(secret_key), digest_size=TAG_BYTES,
+                                          person=b"secure-align-id").digest()
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -80,11 +87,13 @@ class CkksKit:
     @classmethod
     def from_public(cls, data: bytes) -> CkksKit:
         """A provider's kit from a querier's :meth:`public_bytes` (parameters checked first)."""
-        params_json, keys = _split(data)
+        params_json, key_id, keys = _split(data)
         kit = cls(CKKSParams.from_json(params_json))
         kit.public_data = bytes(data)
+        kit.key_id = key_id
         if keys:
-            kit.galois_keys = load_into(seal.GaloisKeys(), kit.context, keys, "Galois keys")
+            kit.galois_keys = load_into(seal.GaloisKeys(), kit.context, keys, "Galois keys",
+                                        tag=key_id)
             kit.rotation_steps = frozenset(
                 s for s in range(1, kit.slots)
                 if kit.galois_keys.has_key(galois_element(s, kit.params.poly_modulus_degree)))
@@ -113,8 +122,8 @@ class CkksKit:
         keys = b""
         if steps:
             elements = [galois_element(s, self.params.poly_modulus_degree) for s in steps]
-            keys = dump(self._keygen.create_galois_keys(elements))
-        return _join(self.params.to_json().encode(), keys)
+            keys = dump(self._keygen.create_galois_keys(elements), self._tag)
+        return _join(self.params.to_json().encode(), self._tag, keys)
 
     def _require_secret(self) -> seal.SecretKey:
         if self._secret_key is None:
@@ -145,7 +154,7 @@ class CkksKit:
         bits = self.params.input_scale_bits if scale_bits is None else scale_bits
         level = self.context.first_parms_id() if first_level else self.context.last_parms_id()
         self.encoder.encode(values.tolist(), level, 2.0**bits, plain)
-        return dump(self._encryptor.encrypt_symmetric(plain))
+        return dump(self._encryptor.encrypt_symmetric(plain), self._tag)
 
     def decrypt(self, ciphertext: seal.Ciphertext) -> np.ndarray:
         self._require_secret()
@@ -154,8 +163,13 @@ class CkksKit:
         return np.asarray(self.encoder.decode_double(plain))
 
     # -- both: (de)serialise ----------------------------------------------------------------------
+    @property
+    def _tag(self) -> bytes:
+        return self.key_id if self.key_id is not None else bytes(TAG_BYTES)
+
     def load(self, data: bytes, what: str = "ciphertext") -> seal.Ciphertext:
-        ciphertext = load_into(seal.Ciphertext(), self.context, data, what)
+        """A ciphertext of this kit's parameters and key (checked), ready to compute on."""
+        ciphertext = load_into(seal.Ciphertext(), self.context, data, what, tag=self.key_id)
         if ciphertext.size() != 2:
             raise CiphertextError(f"{what}: expected a fresh 2-part ciphertext, got "
                                   f"{ciphertext.size()} parts")
@@ -173,9 +187,9 @@ class CkksKit:
         data = self.context.get_context_data(ciphertext.parms_id())
         return data.total_coeff_modulus_bit_count()
 
-    @staticmethod
-    def dump(ciphertext: seal.Ciphertext) -> bytes:
-        return dump(ciphertext)
+    def dump(self, ciphertext: seal.Ciphertext) -> bytes:
+        """A result ciphertext's bytes, tagged with the key of the ciphertexts it came from."""
+        return dump(ciphertext, self._tag)
 
     # -- provider: evaluate -----------------------------------------------------------------------
     def encode(self, values: np.ndarray | float, scale: float,
@@ -216,14 +230,16 @@ class CkksKit:
         return out
 
 
-def _join(params: bytes, keys: bytes) -> bytes:
-    return len(params).to_bytes(4, "little") + params + keys
+def _join(params: bytes, key_id: bytes, keys: bytes) -> bytes:
+    return len(params).to_bytes(4, "little") + params + key_id + keys
 
 
-def _split(data: bytes) -> tuple[bytes, bytes]:
+def _split(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(parameters JSON, key id, Galois keys) of a public context."""
     if not isinstance(data, bytes | bytearray) or len(data) < 4:
-        raise InsecureParametersError("expected a public context (parameters + keys)")
+        raise InsecureParametersError("expected a public context (parameters + key id + keys)")
     size = int.from_bytes(data[:4], "little")
-    if size > len(data) - 4:
+    if size > len(data) - 4 - TAG_BYTES:
         raise InsecureParametersError("truncated public context")
-    return bytes(data[4:4 + size]), bytes(data[4 + size:])
+    end = 4 + size + TAG_BYTES
+    return bytes(data[4:4 + size]), bytes(data[4 + size:end]), bytes(data[end:])

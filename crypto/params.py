@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 # Largest total coefficient modulus (bits) that keeps 128-bit classical security for a ternary secret,
@@ -32,6 +33,10 @@ MIN_WEIGHT_SCALE_BITS = 16
 
 class InsecureParametersError(ValueError):
     """A parameter set below 128-bit security, or one that cannot hold the protocol's computation."""
+
+
+class InsecureParametersWarning(UserWarning):
+    """A parameter set below 128-bit security, used because the config says allow_insecure."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,12 @@ class CKKSParams:
             raise InsecureParametersError(f"malformed CKKS parameters ({err})") from None
 
     @property
+    def is_secure(self) -> bool:
+        """At least 128-bit classical security per the HE Standard table."""
+        n = self.poly_modulus_degree
+        return n in MAX_LOG_Q_128 and self.log_q <= MAX_LOG_Q_128[n]
+
+    @property
     def slots(self) -> int:
         return self.poly_modulus_degree // 2
 
@@ -116,12 +127,16 @@ class CKKSParams:
             raise InsecureParametersError(
                 f"poly_modulus_degree must be one of {sorted(MAX_LOG_Q_128)}, got {n}"
             )
-        if self.log_q > MAX_LOG_Q_128[n] and not self.allow_insecure:
-            raise InsecureParametersError(
-                f"log Q = {self.log_q} bits exceeds {MAX_LOG_Q_128[n]} for N={n}: below 128-bit "
-                "security (HE Standard). Shorten coeff_mod_bit_sizes, raise N, or set "
-                "he.allow_insecure=true for experiments only."
-            )
+        if self.log_q > MAX_LOG_Q_128[n]:
+            what = (f"log Q = {self.log_q} bits exceeds {MAX_LOG_Q_128[n]} for N={n}: below "
+                    "128-bit security (HE Standard)")
+            if not self.allow_insecure:
+                raise InsecureParametersError(
+                    f"{what}. Shorten coeff_mod_bit_sizes, raise N, or set he.allow_insecure=true "
+                    "for experiments only.")
+            warnings.warn(f"INSECURE CKKS PARAMETERS: {what}; used only because "
+                          "he.allow_insecure=true. Never serve real data with them.",
+                          InsecureParametersWarning, stacklevel=2)
         if len(self.coeff_mod_bit_sizes) < 2:
             raise InsecureParametersError(
                 "the modulus chain needs a data prime and a special prime (for rotations), got "

@@ -4,13 +4,26 @@ TenSEAL's ``sealapi`` binds SEAL's ``save``/``load`` to file paths only, so obje
 anonymous in-memory file (``memfd``): no disk, no temporary names, nothing left behind. ``load``
 runs SEAL's own validity checks (parameters, sizes, ranges), so malformed or foreign bytes are
 refused here.
+
+SEAL's checks cannot see a flipped bit in a ciphertext's coefficients, nor a ciphertext made with
+another secret key under the same parameters: such bytes load and decrypt to garbage. So every
+serialised object carries a header: a BLAKE2b digest (16 bytes) of the rest, then the 8-byte id of
+the key it belongs to (``tag``; zeros when none), both checked before SEAL reads the bytes. Corrupt,
+truncated or foreign-key bytes are refused instead of silently computed on. This catches mistakes
+and corruption, not an adversary (who can recompute both; deployments run over TLS).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from typing import Any
+
+DIGEST_BYTES = 16
+TAG_BYTES = 8
+NO_TAG = bytes(TAG_BYTES)
+HEADER_BYTES = DIGEST_BYTES + TAG_BYTES
 
 
 class CiphertextError(ValueError):
@@ -28,20 +41,38 @@ class _MemFile(threading.local):
 _FILE = _MemFile()
 
 
-def dump(obj: Any) -> bytes:
-    """Serialise a SEAL object (or a seeded ``Serializable``) with SEAL's compression."""
+def dump(obj: Any, tag: bytes = NO_TAG) -> bytes:
+    """Serialise a SEAL object (or a seeded ``Serializable``) with SEAL's compression, behind the
+    digest + key id header."""
+    if len(tag) != TAG_BYTES:
+        raise ValueError(f"a key id has {TAG_BYTES} bytes, got {len(tag)}")
     os.ftruncate(_FILE.fd, 0)
     obj.save(_FILE.path)
     size = os.fstat(_FILE.fd).st_size
-    return os.pread(_FILE.fd, size, 0)
+    data = bytes(tag) + os.pread(_FILE.fd, size, 0)
+    return _digest(data) + data
 
 
-def load_into(obj: Any, seal_context: Any, data: bytes, what: str = "ciphertext") -> Any:
-    """Load ``data`` into an empty SEAL object of the right type; CiphertextError if invalid."""
-    if not isinstance(data, bytes | bytearray) or not data:
-        raise CiphertextError(f"{what}: expected non-empty bytes")
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def load_into(obj: Any, seal_context: Any, data: bytes, what: str = "ciphertext",
+              tag: bytes | None = None) -> Any:
+    """Load ``data`` into an empty SEAL object of the right type; CiphertextError if invalid,
+    corrupt, or (``tag`` given) made under another key."""
+    if not isinstance(data, bytes | bytearray) or len(data) <= HEADER_BYTES:
+        size = f"{len(data)} bytes" if isinstance(data, bytes | bytearray) else type(data).__name__
+        raise CiphertextError(f"{what}: expected a serialised SEAL object, got {size}")
+    digest, body = bytes(data[:DIGEST_BYTES]), bytes(data[DIGEST_BYTES:])
+    if _digest(body) != digest:
+        raise CiphertextError(f"{what}: checksum mismatch (corrupted or truncated bytes)")
+    found, body = body[:TAG_BYTES], body[TAG_BYTES:]
+    if tag is not None and found != tag:
+        raise CiphertextError(f"{what}: made under another key (key id {found.hex()}, expected "
+                              f"{tag.hex()}): not this querier's context")
     os.ftruncate(_FILE.fd, 0)
-    os.pwrite(_FILE.fd, bytes(data), 0)
+    os.pwrite(_FILE.fd, body, 0)
     try:
         obj.load(seal_context, _FILE.path)
     except Exception as err:  # SEAL raises bare ValueError/RuntimeError on bad or foreign data

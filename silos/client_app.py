@@ -7,6 +7,7 @@ naming it; the node's state is only updated by handlers that succeed, so the sil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,8 @@ _handled_here = 0  # messages this process has handled (a deployed SuperNode sta
 def handle(action: Action, message: Message, context: Context) -> Message:
     global _handled_here
     _handled_here += 1
+    before = _memory_mib().get("rss_mib")
+    _reset_peak_memory()
     started, loads = time.perf_counter(), load_encoder.cache_info().misses
     settings = None
     try:
@@ -64,21 +67,44 @@ def handle(action: Action, message: Message, context: Context) -> Message:
         return Message(error_content(err), reply_to=message)
     finally:
         if settings is not None:
-            _record(settings.workdir, action, started, load_encoder.cache_info().misses - loads)
+            _record(settings.workdir, action, started, load_encoder.cache_info().misses - loads,
+                    before)
 
 
-def _record(workdir: Path, action: Action, started: float, encoder_loads: int) -> None:
-    """One line per message in the silo's own folder: which process ran it, did it load the LM.
+def _reset_peak_memory() -> None:
+    """Reset the process' resident-set high-water mark (Linux), so that the one read when the
+    message ends is this message's peak, native (SEAL) allocations included."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _memory_mib() -> dict[str, float]:
+    """Peak resident memory since the last reset (VmHWM) and the current one (VmRSS), MiB."""
+    try:
+        fields = dict(line.split(":", 1) for line in
+                      Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return {name: round(int(fields[key].split()[0]) / 1024, 1)
+                for name, key in (("peak_rss_mib", "VmHWM"), ("rss_mib", "VmRSS"))}
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def _record(workdir: Path, action: Action, started: float, encoder_loads: int,
+            start_rss_mib: float | None) -> None:
+    """One line per message in the silo's own folder: which process ran it, did it load the LM,
+    its resident memory when it started, its peak and when it ended.
 
     The LM is needed by ``prepare`` only (its embeddings then live in ``context.state``), so a run
-    should show one encoder load per silo whatever the engine starts a process for.
+    should show one encoder load per silo whatever the engine starts a process for. Simulated silos
+    share a worker process but handle messages one at a time, so a message's peak is its silo's.
     """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         with (workdir / "messages.jsonl").open("a") as f:
             f.write(json.dumps({"action": action.value, "pid": os.getpid(),
                                 "nth_in_process": _handled_here, "encoder_loads": encoder_loads,
-                                "seconds": round(time.perf_counter() - started, 4)}) + "\n")
+                                "seconds": round(time.perf_counter() - started, 4),
+                                "start_rss_mib": start_rss_mib, **_memory_mib()}) + "\n")
     except OSError:  # bookkeeping only: never fail a message for it
         log.warning("could not record the message in %s", workdir)
 

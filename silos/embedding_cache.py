@@ -25,14 +25,28 @@ def texts_digest(texts: Sequence[str]) -> str:
 def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: str | Path | None) -> np.ndarray:
     """``encoder.encode(texts)``, read from / written to ``cache_dir`` when one is given."""
     if cache_dir is None:
-        return encoder.encode(texts)
+        return require_finite(encoder.encode(texts), encoder.name, len(texts))
     key = hashlib.sha256(f"{encoder.fingerprint}|{texts_digest(texts)}".encode()).hexdigest()
     path = Path(cache_dir).expanduser() / "embeddings" / f"{key[:32]}.safetensors"
     if path.exists():
-        return load_file(path)["embeddings"]
-    embeddings = encoder.encode(texts)
+        return require_finite(load_file(path)["embeddings"], f"{encoder.name} (cached in {path})",
+                              len(texts))
+    embeddings = require_finite(encoder.encode(texts), encoder.name, len(texts))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     save_file({"embeddings": embeddings}, tmp)
     os.replace(tmp, path)
+    return embeddings
+
+
+def require_finite(embeddings: np.ndarray, source: str, n_texts: int) -> np.ndarray:
+    """Refuse embeddings with NaN or inf, or not one row per text: everything downstream (scales,
+    encrypted sums, the head) would silently compute garbage from them."""
+    if embeddings.ndim != 2 or len(embeddings) != n_texts:
+        raise ValueError(f"embeddings from {source}: expected {n_texts} rows, got shape "
+                         f"{embeddings.shape}")
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        raise ValueError(f"embeddings from {source} hold NaN or inf for {int(bad.sum())} of "
+                         f"{n_texts} texts (first: text {int(np.argmax(bad))})")
     return embeddings

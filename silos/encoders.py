@@ -72,6 +72,25 @@ class Encoder:
         """What determines the embeddings besides the texts (for the embedding cache key)."""
         return f"{self.name}|{self.pooling}|{self.max_length}|norm={self.normalize}"
 
+    def _never_empty(self, ids: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A text that tokenizes to nothing (empty, whitespace; a tokenizer that adds no special
+        tokens) gets one unknown token: a model cannot run on zero positions, and one empty text
+        must not fail its whole batch."""
+        empty = mask.sum(dim=1) == 0
+        if not bool(empty.any()):
+            return ids, mask
+        tok = self.tokenizer
+        fallback = next((t for t in (tok.unk_token_id, tok.eos_token_id, tok.pad_token_id)
+                         if t is not None), 0)
+        if ids.shape[1] == 0:
+            ids = torch.full((len(ids), 1), fallback, dtype=ids.dtype)
+            mask = torch.zeros((len(mask), 1), dtype=mask.dtype)
+        ids, mask = ids.clone(), mask.clone()
+        ids[empty, 0] = fallback
+        mask[empty, 0] = 1
+        return ids, mask
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` into a (n, dim) float32 array."""
@@ -95,10 +114,9 @@ class Encoder:
                 max_length=self.max_length,
                 return_tensors="pt",
             )
-            hidden = base(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).last_hidden_state
-            pooled = pool(hidden, batch["attention_mask"], self.pooling)
+            ids, mask = self._never_empty(batch["input_ids"], batch["attention_mask"])
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = pool(hidden, mask, self.pooling)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
             out[index] = pooled.float().numpy()

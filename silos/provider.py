@@ -11,13 +11,14 @@ import time
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
-from safetensors.numpy import save_file
 
-from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead
+from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, query_capacity
+from silos.budget import QueryBudget
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
 from silos.ood import OOD_LABEL
 from silos.runtime import load_benchmark, load_encoder, load_ood_texts
+from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -68,8 +69,8 @@ class Provider:
         known = truth != OOD_LABEL
         s.workdir.mkdir(parents=True, exist_ok=True)
         head.save(s.workdir / "head")
-        save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
-        save_file({"logits": native_logits, "truth": truth}, s.workdir / "native_logits.safetensors")
+        atomic_save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
+        atomic_save_file({"logits": native_logits, "truth": truth}, s.workdir / "native_logits.safetensors")
         return {
             "seconds": time.perf_counter() - start,
             "dim": encoder.dim,
@@ -136,12 +137,29 @@ class Provider:
                 "seconds": time.perf_counter() - start}
 
     def evaluate(self, request: ConfigRecord) -> dict:
-        """The head on encrypted aligned queries: encrypted logits, for the querier only."""
+        """The head on encrypted aligned queries: encrypted logits, for the querier only.
+
+        Refused before any ciphertext is read: a request larger than ``max_request_queries``, one
+        whose ciphertext count does not match its queries, one past the querier's budget.
+        """
         start = time.perf_counter()
+        policy = self.settings.serve
         arrays = get_arrays(self.state, "provider.head", NOT_PREPARED)
         head = EncryptedLinearHead(arrays["coef"], arrays["intercept"])
+        querier, path, n = str(request["querier"]), str(request["path"]), int(request["n"])
+        if n > policy.max_request_queries:
+            raise ValueError(f"a request of {n} queries exceeds serve.max_request_queries="
+                             f"{policy.max_request_queries}")
         kit = self._receive_context(request)
-        logits = head.evaluate(kit, list(request["ciphertexts"]), path=str(request["path"]),
-                               n=int(request["n"]))
-        return {"ciphertexts": logits, "n_classes": head.n_classes,
-                "seconds": time.perf_counter() - start}
+        cost = query_capacity(path, n, kit.slots)
+        blobs = list(request["ciphertexts"])
+        expected = head.expected_ciphertexts(path, n, kit.slots)
+        if len(blobs) != expected:
+            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the "
+                             f"{path} path (d={head.n_features}), got {len(blobs)}")
+        budget = QueryBudget(self.state, policy.query_budget)
+        budget.check(querier, cost)
+        logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise)
+        remaining = budget.charge(querier, cost)  # only once answered
+        return {"ciphertexts": logits, "n_classes": head.n_classes, "charged": cost,
+                "budget_left": remaining, "seconds": time.perf_counter() - start}

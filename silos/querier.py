@@ -12,14 +12,15 @@ import time
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
-from safetensors.numpy import save_file
 
 from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, encrypt_queries
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.data import write_split
 from silos.embedding_cache import encode_cached
 from silos.ood import OOD_LABEL, ood_metrics
+from silos.output_policy import OutputPolicy
 from silos.runtime import load_benchmark, load_encoder, load_ood_texts
+from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -63,8 +64,8 @@ class Querier:
         put_config(self.state, "querier.he", secret_key=kit.secret_key_bytes(),
                    label_names=list(corpus.label_names), dim=encoder.dim)
         s.workdir.mkdir(parents=True, exist_ok=True)
-        save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
-        save_file({"x": queries / scale, "labels": labels},
+        atomic_save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
+        atomic_save_file({"x": queries / scale, "labels": labels},
                   s.workdir / "query_embeddings.safetensors")
         write_split(s.workdir / "split.json", split, s.corpus.name)
         return {"seconds": time.perf_counter() - start, "dim": encoder.dim,
@@ -211,6 +212,8 @@ class Querier:
             self._kit(), list(request["ciphertexts"]),
             path=str(request["path"]), n=int(request["n"]), n_classes=int(request["n_classes"]),
         )
+        serve = self.settings.serve
+        logits = OutputPolicy(serve.output_top_k, serve.output_decimals).apply(logits)
         key = f"querier.logits.{provider}"
         batches = get_arrays(self.state, key, "") if key in self.state else {}
         batches[f"{int(request['start']):09d}"] = logits
@@ -237,7 +240,7 @@ class Querier:
         predicted = logits.argmax(axis=1)
         out = self.settings.workdir / "logits"
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
+        atomic_save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
         del self.state[f"querier.logits.{provider}"]
         reply = {"encrypted_accuracy": float((predicted[known] == truth[known]).mean()),
                  "n": int(known.sum())}

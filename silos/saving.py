@@ -1,6 +1,10 @@
-"""Save/load of small fitted objects as ``config.json`` + ``arrays.safetensors`` — nothing pickled.
+"""Save/load of small fitted objects (maps, heads) as one safetensors file — nothing pickled.
 
-Writes go to a temporary folder renamed into place, so a crash never leaves a half-written model.
+The config travels in the file's metadata, so an object is a single file, and a single file can be
+replaced atomically: it is written to a temporary file in the same folder, flushed to disk, then
+renamed over the old one (``os.replace``). A crash mid-write leaves the previous version intact and
+no partial file under the real name. Objects saved by earlier versions (a folder holding
+``config.json`` + ``arrays.safetensors``) still load.
 """
 
 from __future__ import annotations
@@ -9,31 +13,59 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 
-def save_arrays(path: str | Path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    Same folder, so the rename is atomic; the data is fsynced first, so the new name never points
+    at a half-written file after a crash. On any failure the temporary file is removed and
+    ``path`` keeps its previous content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp / "arrays.safetensors")
-        if path.exists():
+        write(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        if path.is_dir():  # an object saved by an earlier version (a folder): replaced once
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def atomic_save_file(arrays: dict[str, np.ndarray], path: str | Path,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.numpy.save_file``, atomically."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+
+
+def save_arrays(path: str | Path, config: dict, arrays: dict[str, np.ndarray]) -> Path:
+    return atomic_save_file(arrays, path, metadata={"config": json.dumps(config, sort_keys=True)})
+
+
 def load_arrays(path: str | Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
-    config = json.loads((path / "config.json").read_text())
+    if path.is_dir():  # saved by an earlier version
+        config = json.loads((path / "config.json").read_text())
+        arrays = load_file(path / "arrays.safetensors")
+    else:
+        with safe_open(str(path), framework="numpy") as handle:
+            config = json.loads((handle.metadata() or {}).get("config", "{}"))
+        arrays = load_file(path)
     if config.get("kind") != kind:
         raise ValueError(f"{path} holds a {config.get('kind')!r}, not a {kind!r}")
-    return config, load_file(path / "arrays.safetensors")
+    return config, arrays

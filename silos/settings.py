@@ -52,6 +52,44 @@ class CorpusSpec:
 
 
 @dataclass(frozen=True)
+class ServePolicy:
+    """How a silo serves: the provider's limits and noise, the querier's output policy.
+
+    ``query_budget``: encrypted queries per querier on a provider (None: unlimited), counted as
+    ``crypto.query_capacity``; ``max_request_queries``: queries one request may carry (larger ones
+    are refused before any ciphertext is read); ``logit_noise``: standard deviation of the noise a
+    provider adds to every logit; ``output_top_k`` / ``output_decimals``: the querier keeps only
+    the top-k logits, rounded (0 / None: all, unrounded).
+    """
+
+    query_budget: int | None = None
+    max_request_queries: int = 8192
+    logit_noise: float = 0.0
+    output_top_k: int = 0
+    output_decimals: int | None = None
+
+    @classmethod
+    def from_config(cls, serve: DictConfig) -> ServePolicy:
+        budget, decimals = serve.get("query_budget"), serve.get("output_decimals")
+        policy = cls(
+            query_budget=None if budget is None else int(budget),
+            max_request_queries=int(serve.get("max_request_queries", cls.max_request_queries)),
+            logit_noise=float(serve.get("logit_noise", 0.0)),
+            output_top_k=int(serve.get("output_top_k", 0)),
+            output_decimals=None if decimals is None else int(decimals),
+        )
+        if policy.query_budget is not None and policy.query_budget < 0:
+            raise ValueError(f"serve.query_budget must be >= 0 or null, got {budget}")
+        if policy.max_request_queries < 1:
+            raise ValueError("serve.max_request_queries must be >= 1")
+        if not (np.isfinite(policy.logit_noise) and policy.logit_noise >= 0):
+            raise ValueError(f"serve.logit_noise must be finite and >= 0, got {policy.logit_noise}")
+        if policy.output_top_k < 0:
+            raise ValueError(f"serve.output_top_k must be >= 0, got {policy.output_top_k}")
+        return policy
+
+
+@dataclass(frozen=True)
 class SiloSettings:
     name: str
     role: str
@@ -66,6 +104,7 @@ class SiloSettings:
     head_l2: float
     head_max_iter: int
     workers: int = 1
+    serve: ServePolicy = ServePolicy()
 
     @classmethod
     def from_config(cls, cfg: DictConfig, name: str) -> SiloSettings:
@@ -112,6 +151,7 @@ class SiloSettings:
             head_l2=float(cfg.head.l2),
             head_max_iter=int(cfg.head.max_iter),
             workers=int(cfg.alignment.workers),
+            serve=ServePolicy.from_config(cfg.serve),
         )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from crypto.params import CKKSParams
 from silos.alignment import AffineMap
 from silos.head import LinearHead
 from silos.ood import OOD_LABEL, ood_metrics
@@ -48,7 +49,8 @@ def referee_pair(output_dir: Path, pair: dict) -> dict:
         "plaintext_fit_accuracy": float((plain.argmax(1) == truth)[known].mean()),
         "encrypted_accuracy": float((encrypted.argmax(1) == truth)[known].mean()),
         "agreement": float((encrypted.argmax(1) == reference.argmax(1)).mean()),
-        "max_abs_error": float(np.abs(encrypted - reference).max()),
+        # Over the logits the querier kept (its output policy may drop some: -inf).
+        "max_abs_error": float(np.abs(encrypted - reference)[np.isfinite(encrypted)].max()),
         "map_relative_error": float(relative),
     }
     if not known.all():
@@ -71,6 +73,32 @@ def held_out_quality(alpha: float, x: dict, y: dict) -> tuple[float, float]:
     return float(r2), float(cosine.mean())
 
 
+def memory_by_silo(output_dir: Path) -> dict[str, dict]:
+    """Each silo's resident memory from its ``messages.jsonl``: the peak over its messages, the
+    peak per action, and per action every message's peak and its growth over the memory the
+    process held when the message started (in order: to see whether it grows with batches)."""
+    memory = {}
+    for log in sorted((output_dir / "silos").glob("*/messages.jsonl")):
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        records = [r for r in records if "peak_rss_mib" in r]
+        if not records:
+            continue
+        per_message: dict[str, list[float]] = {}
+        growth: dict[str, list[float]] = {}
+        for r in records:
+            per_message.setdefault(r["action"], []).append(r["peak_rss_mib"])
+            if r.get("start_rss_mib") is not None:
+                growth.setdefault(r["action"], []).append(
+                    round(r["peak_rss_mib"] - r["start_rss_mib"], 1))
+        memory[log.parent.name] = {
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in records),
+            "peak_rss_mib_by_action": {a: max(v) for a, v in per_message.items()},
+            "per_message": per_message,
+            "growth_per_message": growth,
+        }
+    return memory
+
+
 def build_report(output_dir: Path, run: dict, command: str) -> dict:
     """Merge the run summary with the referee's figures; write report.json and report.md."""
     pairs = []
@@ -81,6 +109,7 @@ def build_report(output_dir: Path, run: dict, command: str) -> dict:
         pairs.append(pair)
     cfg = run.get("config", {})
     dataset = cfg.get("dataset", {})
+    memory = memory_by_silo(output_dir)
     report = {
         "command": command,
         "task": dataset.get("name"),
@@ -89,6 +118,7 @@ def build_report(output_dir: Path, run: dict, command: str) -> dict:
         "silos": run.get("silos", {}),
         "errors": run.get("errors", []),
         "seconds": run.get("seconds", {}),
+        "memory": memory,
         "config": cfg,
     }
     (output_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -112,6 +142,10 @@ def render_markdown(report: dict) -> str:
         f"fit scale 2^{he.get('fit_input_scale_bits')}; batch size "
         f"{cfg['serve']['batch_size']} (single path up to {cfg['serve']['single_max']}).",
         "",
+        *(["**INSECURE: he.allow_insecure=true and the CKKS parameters are below 128-bit "
+           "security (HE Standard). Experiments only.**", ""]
+          if he.get("allow_insecure") and "poly_modulus_degree" in he
+          and not CKKSParams.from_config(he).is_secure else []),
         markdown_table(report["pairs"]),
         "",
         "- native: the provider's head on its own embeddings of the query texts (no alignment).",
@@ -136,8 +170,22 @@ def render_markdown(report: dict) -> str:
             f"{p.get('wall_ms_per_query', float('nan')):.2f} |"
         )
     seconds = report.get("seconds", {})
+    if report.get("memory"):
+        lines += ["", "Peak resident memory per message, MiB (messages.jsonl; simulated silos share "
+                  "a worker process, so each figure includes it): " + "; ".join(
+                      f"{silo} {m['peak_rss_mib']:.0f} (" + ", ".join(
+                          f"{a} {v:.0f}" for a, v in m["peak_rss_mib_by_action"].items()) + ")"
+                      for silo, m in report["memory"].items())]
     lines += ["", "Phase wall times (s): " + ", ".join(
         f"{k} {v:.1f}" for k, v in seconds.items()), ""]
+    failed = [p for p in report["pairs"] if p.get("status") != "ok"]
+    if failed:  # what failed, by pair; the other pairs' results above stand
+        lines += ["Failed pairs:", *[f"- {p['querier']} → {p['provider']}: {p.get('error')}"
+                                     for p in failed], ""]
+    resent = [(p, r) for p in report["pairs"] for r in p.get("resent", [])]
+    if resent:
+        lines += ["Resent requests (timeouts or Flower errors, then retried):",
+                  *[f"- {p['querier']} → {p['provider']}: {r}" for p, r in resent], ""]
     if report["errors"]:
         lines += ["Errors:", *[f"- {e}" for e in report["errors"]], ""]
     return "\n".join(lines)

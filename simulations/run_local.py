@@ -110,6 +110,14 @@ def check_silos(cfg) -> None:
         if not any(s.role == role for s in settings):
             raise ValueError(f"no {role} among the configured silos {[s.name for s in settings]}")
     settings[0].he.check()
+    if not settings[0].he.is_secure:
+        print("\n" + "!" * 78 + "\nWARNING: he.allow_insecure=true and these CKKS parameters are "
+              "BELOW 128-bit\nsecurity (HE Standard). For experiments only: never serve real data "
+              "with them.\n" + "!" * 78 + "\n", file=sys.stderr)
+    if int(cfg.serve.batch_size) > settings[0].serve.max_request_queries:
+        raise ValueError(f"serve.batch_size={cfg.serve.batch_size} exceeds "
+                         f"serve.max_request_queries={settings[0].serve.max_request_queries}: "
+                         "the providers would refuse every batch")
     roles = {s.name: s.role for s in settings}
     for querier, provider in parse_pairs(cfg.pairs) or []:
         if roles.get(querier) != "querier" or roles.get(provider) != "provider":

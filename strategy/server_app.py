@@ -31,6 +31,8 @@ def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
         batch_size=int(cfg.serve.batch_size),
         single_max=int(cfg.serve.single_max),
         timeout=float(cfg.serve.timeout),
+        serve_timeout=None if cfg.serve.serve_timeout is None else float(cfg.serve.serve_timeout),
+        retries=int(cfg.serve.retries),
         min_nodes=len(active_silos(cfg)),
         pairs=parse_pairs(cfg.pairs),
     )

@@ -21,11 +21,18 @@ log = logging.getLogger(__name__)
 
 
 class SiloError(RuntimeError):
-    """A silo replied with an error, or did not reply in time."""
+    """A silo replied with an error, or did not reply in time.
 
-    def __init__(self, silo: str, action: Action, reason: str) -> None:
+    ``transient``: no reply, or an error Flower made (node unavailable, the ClientApp crashed), which
+    a resend may cure; a silo's own error reply is a reasoned refusal and is never resent.
+    """
+
+    def __init__(self, silo: str, action: Action, reason: str, *, transient: bool = False) -> None:
         super().__init__(f"silo {silo!r} failed on {action.value!r}: {reason}")
         self.silo = silo
+        self.action = action
+        self.reason = reason
+        self.transient = transient
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Ledger:
     seconds: dict[str, float] = field(default_factory=dict)
     bytes_sent: dict[str, int] = field(default_factory=dict)
     bytes_received: dict[str, int] = field(default_factory=dict)
+    resent: list[str] = field(default_factory=list)  # one entry per resent request: why
 
     def add(self, phase: str, seconds: float, sent: int, received: int) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
@@ -60,12 +68,19 @@ class SecureAlignmentStrategy:
     single_max : requests of at most this many queries take the single-query path (one query
         per ciphertext, rotations); larger ones the batched feature-major path (no rotations).
     timeout : seconds to wait for the replies of one round.
+    serve_timeout : seconds to wait for one serving round (encrypt, evaluate, decrypt, report);
+        None: ``timeout``. Serving rounds are short, so a silo that stops answering is noticed
+        sooner than in the long alignment rounds.
+    retries : times a request is resent to a silo that did not reply in time or for which Flower
+        reported an error (node unavailable, ClientApp crashed) before its pairs fail; a silo's
+        own error reply is never resent.
     min_nodes : silos to wait for before starting (deployments connect over time).
     wait_for_nodes : seconds to wait for them.
     pairs : (querier, provider) names to run; None runs every querier with every provider.
     """
 
     def __init__(self, *, batch_size: int = 4096, single_max: int = 64, timeout: float = 600.0,
+                 serve_timeout: float | None = None, retries: int = 1,
                  min_nodes: int = 2,
                  wait_for_nodes: float = 120.0,
                  pairs: list[tuple[str, str]] | None = None) -> None:
@@ -73,7 +88,11 @@ class SecureAlignmentStrategy:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.single_max = single_max
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
         self.timeout = timeout
+        self.serve_timeout = timeout if serve_timeout is None else serve_timeout
+        self.retries = retries
         self.min_nodes = min_nodes
         self.wait_for_nodes = wait_for_nodes
         self.pairs = pairs
@@ -81,12 +100,37 @@ class SecureAlignmentStrategy:
     # -- plumbing ---------------------------------------------------------------------------------
     def _round(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
                request: dict, ledger: Ledger, phase: str) -> dict[int, ConfigRecord | SiloError]:
-        """Send ``request`` to every (node_id, name) target at once; replies or errors by node."""
+        """Send ``request`` to every (node_id, name) target at once; replies or errors by node.
+
+        Targets whose failure is transient get the request again, up to ``retries`` times.
+        """
+        results = self._send(grid, targets, action, request, ledger, phase)
+        for attempt in range(1, self.retries + 1):
+            again = [(node, name) for node, name in targets
+                     if isinstance(results[node], SiloError) and results[node].transient]
+            if not again:
+                break
+            for node, _ in again:
+                log.warning("resending %s (attempt %d of %d): %s", action.value, attempt + 1,
+                            self.retries + 1, results[node])
+                ledger.resent.append(str(results[node]))
+            results.update(self._send(grid, again, action, request, ledger, phase))
+        for node, _ in targets:
+            failure = results[node]
+            if isinstance(failure, SiloError) and failure.transient and self.retries:
+                results[node] = SiloError(failure.silo, action,
+                                          f"{failure.reason} ({self.retries + 1} attempts)",
+                                          transient=True)
+        return results
+
+    def _send(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
+              request: dict, ledger: Ledger, phase: str) -> dict[int, ConfigRecord | SiloError]:
         content = request_content(request)
         messages = [Message(content, dst_node_id=node, message_type=message_type(action))
                     for node, _ in targets]
+        timeout = self.serve_timeout if phase == "serve" else self.timeout
         start = time.perf_counter()
-        answers = grid.send_and_receive(messages, timeout=self.timeout)
+        answers = grid.send_and_receive(messages, timeout=timeout)
         # By the request replied to: an error the SuperLink makes (e.g. the node stopped sending
         # heartbeats) comes from the SuperLink's node id, not the silo's.
         node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
@@ -99,9 +143,10 @@ class SecureAlignmentStrategy:
         for node, name in targets:
             reply = replies.get(node)
             if reply is None:
-                results[node] = SiloError(name, action, f"no reply within {self.timeout:.0f} s")
+                results[node] = SiloError(name, action, f"no reply within {timeout:g} s",
+                                          transient=True)
             elif (reason := error_of(reply)) is not None:
-                results[node] = SiloError(name, action, reason)
+                results[node] = SiloError(name, action, reason, transient=reply.has_error())
             else:
                 results[node] = reply.content["reply"]
         return results
@@ -193,7 +238,8 @@ class SecureAlignmentStrategy:
         paths = ["single" if stop - first <= self.single_max else "batched"
                  for first, stop in batches]
         timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
-        sent = received = context_bytes = 0
+        sent = received = context_bytes = charged = 0
+        budget_left = -1
         for index, ((first, stop), path) in enumerate(zip(batches, paths, strict=True)):
             batch = self._ask(grid, querier, Action.ENCRYPT, {
                 "provider": provider.name, "start": first, "stop": stop, "path": path,
@@ -214,6 +260,8 @@ class SecureAlignmentStrategy:
             timing["encrypt"] += batch["seconds"]
             timing["evaluate"] += logits["seconds"]
             timing["decrypt"] += done["seconds"]
+            charged += int(logits.get("charged", 0))
+            budget_left = int(logits.get("budget_left", -1))
         report = self._ask(grid, querier, Action.REPORT, {
             "provider": provider.name, "classes": list(provider.info["classes"])}, ledger,
             "serve")
@@ -229,6 +277,8 @@ class SecureAlignmentStrategy:
             "serve_context_bytes": context_bytes,
             "bytes_per_query": (sent + received) / n_queries,
             "bytes_in_per_query": sent / n_queries, "bytes_out_per_query": received / n_queries,
+            # Query slots the provider counted against the querier's budget (-1 left: no limit).
+            "queries_charged": charged, "budget_left": budget_left,
         }
 
     # -- the whole run ----------------------------------------------------------------------------
@@ -256,9 +306,10 @@ class SecureAlignmentStrategy:
                     pair["status"] = "ok"
                 except SiloError as err:
                     log.error("pair %s → %s failed: %s", querier.name, provider.name, err)
-                    pair.update(status="failed", error=str(err), failed_silo=err.silo)
+                    pair.update(status="failed", error=str(err), failed_silo=err.silo,
+                                failed_action=err.action.value)
                 pair.update(seconds=ledger.seconds, bytes_sent=ledger.bytes_sent,
-                            bytes_received=ledger.bytes_received)
+                            bytes_received=ledger.bytes_received, resent=ledger.resent)
                 pairs.append(pair)
         return {
             "silos": {s.name: {"role": s.role, "model": s.model, "node_id": s.node_id,

@@ -43,8 +43,7 @@ def test_save_load_round_trip(tmp_path):
     X, Y, *_ = noisy_affine()
     fitted = AffineMap(alpha=0.1).fit(X, Y)
     fitted.save(tmp_path / "map")
-    assert sorted(p.name for p in (tmp_path / "map").iterdir()) == [
-        "arrays.safetensors", "config.json"]
+    assert (tmp_path / "map").is_file()  # one file: replaced atomically (tests/test_saving.py)
     loaded = AffineMap.load(tmp_path / "map")
     assert loaded.alpha == 0.1 and loaded.n_samples_ == len(X)
     np.testing.assert_array_equal(loaded.transform(X), fitted.transform(X))

