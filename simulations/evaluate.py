@@ -2,7 +2,7 @@
 
     python -m simulations.evaluate                 # everything (~30 min on 2 cores, caches cold)
     python -m simulations.evaluate --quick         # two models, small sets (~3 min): CI's test
-    python -m simulations.evaluate --only generation generation.new_tokens=40
+    python -m simulations.evaluate --only generation,tradeoffs generation.new_tokens=40
 
 KEY=VALUE pairs override conf/evaluation.yaml. Writes README.md, summary.json, CSVs and PNGs into
 ``output_dir`` (reports/evaluation); the simulations' silo folders go to ``runs_dir``.
@@ -45,6 +45,15 @@ def load_evaluation_config(overrides: list[str], quick: bool) -> DictConfig:
     return OmegaConf.merge(base, cli)
 
 
+def _experiments(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = set(names) - set(EXPERIMENTS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown experiments {sorted(unknown)}; choose from "
+                                         f"{','.join(EXPERIMENTS)}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m simulations.evaluate",
@@ -60,8 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="two models and small sets: a ~3 minute smoke run (CI)")
     parser.add_argument("--readme", action="store_true",
                         help="also rewrite the main table in the project README.md")
-    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS),
-                        help="run only these experiments (the summary keeps what is not rerun)")
+    parser.add_argument("--only", type=_experiments, default=list(EXPERIMENTS),
+                        metavar="A,B", help=f"run only these experiments, comma-separated, of "
+                        f"{','.join(EXPERIMENTS)} (summary.json keeps the others' last results)")
     return parser.parse_args(argv)
 
 
@@ -127,6 +137,9 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
         embeddings, sizes=list(cv.sizes), n_test=int(cv.n_test), methods=list(cv.methods),
         ridge_alpha=float(cv.ridge_alpha), seed=int(cfg.seed))
     figures.convergence_figure(rows, Path(cfg.output_dir) / "convergence.png", command)
+    from silos.runtime import load_encoder
+
+    load_encoder.cache_clear()  # the four encoders hold ~2.5 GB the generation needs
     return {"convergence": rows, "convergence_texts": len(order)}
 
 
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
     command = " ".join(["python -m simulations.evaluate", *(["--quick"] if args.quick else []),
-                        *([f"--only {' '.join(args.only)}"] if len(args.only) < 4 else []),
+                        *([f"--only {','.join(args.only)}"] if len(args.only) < len(EXPERIMENTS) else []),
                         *args.overrides])
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

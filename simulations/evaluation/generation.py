@@ -116,12 +116,14 @@ class TokenMap:
         return self.map_.transform(np.asarray(X) / self.x_rms_) * self.y_rms_
 
 
-def agreement(mapped_logits: np.ndarray, own_logits: np.ndarray) -> tuple[float, float]:
-    """Top-1 agreement with B's own next-token prediction, and B's top-1 within the mapped top-5."""
+def agreement(mapped_logits: np.ndarray, own_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: does the mapped top-1 equal B's own prediction; is B's top-1 in the mapped top-5.
+
+    Logits over a 262k vocabulary are 1 MiB per position: callers keep these booleans, not them.
+    """
     own = own_logits.argmax(axis=1)
     top5 = np.argpartition(-mapped_logits, 5, axis=1)[:, :5]
-    return (float(np.mean(mapped_logits.argmax(axis=1) == own)),
-            float(np.mean((top5 == own[:, None]).any(axis=1))))
+    return mapped_logits.argmax(axis=1) == own, (top5 == own[:, None]).any(axis=1)
 
 
 def greedy(a: CausalLM, b: CausalLM, mapping: TokenMap | None, prompt: str, n: int) -> str:
@@ -186,20 +188,16 @@ def run_direction(a: CausalLM, b: CausalLM, states: dict[str, dict[str, list[Tok
         ys.append(sb.states[ib])
     mapping = TokenMap(alpha).fit(np.vstack(xs), np.vstack(ys))
     n_a = n_same = 0
-    boundary_mapped, boundary_own, paired_mapped, paired_own = [], [], [], []
+    top1, top5, boundary = [], [], []
     for sa, sb in zip(states[a.name]["test"], states[b.name]["test"], strict=True):
         ia, ib, same = pair_positions(sa.spans, sb.spans)
         n_a += int(np.sum(sa.spans[:, 1] > sa.spans[:, 0]))
         n_same += int(same.sum())
-        mapped = b.logits(mapping.transform(sa.states[ia]))
-        own = b.logits(sb.states[ib])
-        boundary = sa.spans[ia, 1] == sb.spans[ib, 1]  # both have read the same characters
-        boundary_mapped.append(mapped[boundary])
-        boundary_own.append(own[boundary])
-        paired_mapped.append(mapped)
-        paired_own.append(own)
-    top1, top5 = agreement(np.vstack(boundary_mapped), np.vstack(boundary_own))
-    top1_all, top5_all = agreement(np.vstack(paired_mapped), np.vstack(paired_own))
+        hit1, hit5 = agreement(b.logits(mapping.transform(sa.states[ia])), b.logits(sb.states[ib]))
+        top1.append(hit1)
+        top5.append(hit5)
+        boundary.append(sa.spans[ia, 1] == sb.spans[ib, 1])  # both have read the same characters
+    top1, top5, boundary = (np.concatenate(v) for v in (top1, top5, boundary))
     examples = []
     for prompt in tqdm(prompts, desc=f"generate {a.name}→{b.name}", mininterval=5.0):
         cross = greedy(a, b, mapping, prompt, new_tokens)
@@ -209,11 +207,13 @@ def run_direction(a: CausalLM, b: CausalLM, states: dict[str, dict[str, list[Tok
                          "own_perplexity": b.perplexity(prompt, own)})
     return {
         "model_a": a.name, "model_b": b.name,
-        "top1_agreement": top1, "top5_agreement": top5,
-        "top1_agreement_all_pairs": top1_all, "top5_agreement_all_pairs": top5_all,
+        "top1_agreement": float(top1[boundary].mean()),
+        "top5_agreement": float(top5[boundary].mean()),
+        "top1_agreement_all_pairs": float(top1.mean()),
+        "top5_agreement_all_pairs": float(top5.mean()),
         "tokenizer_match_rate": n_same / max(n_a, 1),
         "n_fit_positions": int(sum(len(x) for x in xs)),
-        "n_scored_positions": int(sum(len(m) for m in boundary_mapped)),
+        "n_scored_positions": int(boundary.sum()),
         "median_cross_perplexity": float(np.median([e["cross_perplexity"] for e in examples])),
         "median_own_perplexity": float(np.median([e["own_perplexity"] for e in examples])),
         "examples": examples, "mapping": mapping,
