@@ -135,7 +135,7 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
         embeddings[model] = np.stack([arrays[name][i] for name, i in order])
     rows = convergence.convergence_rows(
         embeddings, sizes=list(cv.sizes), n_test=int(cv.n_test), methods=list(cv.methods),
-        ridge_alpha=float(cv.ridge_alpha), seed=int(cfg.seed))
+        ridge_alphas=[float(a) for a in cv.ridge_alphas], seed=int(cfg.seed))
     figures.convergence_figure(rows, Path(cfg.output_dir) / "convergence.png", command)
     from silos.runtime import load_encoder
 
@@ -210,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary_file = out / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    seconds = summary.get("seconds", {})
-    load_before = os.getloadavg()
+    experiments = summary.get("experiments", {})  # each experiment's last run: command, time
     started = time.perf_counter()
     for name in args.only:
-        t0 = time.perf_counter()
+        t0, load = time.perf_counter(), os.getloadavg()[0]
         if name == "classification":
             summary.update(run_classification(cfg, command))
         elif name == "convergence":
@@ -223,14 +222,15 @@ def main(argv: list[str] | None = None) -> int:
             summary.update(run_generation(cfg))
         else:
             summary.update(run_tradeoffs(cfg, command))
-        seconds[name] = time.perf_counter() - t0
-        print(f"[{name}] done in {seconds[name]:.0f} s", flush=True)
-    seconds["total_this_command"] = time.perf_counter() - started
-    summary.update(command=command, seconds=seconds, quick=args.quick,
-                   machine={"cpus": os.cpu_count(), "platform": platform.platform(),
-                            "load_average_before": load_before,
-                            "load_average_after": os.getloadavg()},
+        experiments[name] = {"command": command, "seconds": time.perf_counter() - t0,
+                             "load_average_before": load}
+        print(f"[{name}] done in {experiments[name]['seconds']:.0f} s", flush=True)
+    total = time.perf_counter() - started
+    summary.update(command=command, seconds_this_command=total, experiments=experiments,
+                   quick=args.quick,
+                   machine={"cpus": os.cpu_count(), "platform": platform.platform()},
                    config=OmegaConf.to_container(cfg))
+    summary.pop("seconds", None)
     for key in ("classification", "ood", "convergence", "tradeoffs"):
         if summary.get(key):
             write_csv(out / f"{key}.csv", summary[key])
@@ -242,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         from simulations.bench_crypto import update_readme
 
         update_readme(Path("README.md"), readme_block(summary), README_START, README_END)
-    print(f"\nwrote {out / 'README.md'} and {summary_file} "
-          f"({seconds['total_this_command']:.0f} s)")
+    print(f"\nwrote {out / 'README.md'} and {summary_file} ({total:.0f} s)")
     failed = [r for r in summary.get("classification", []) if r.get("status") != "ok"]
     return 1 if failed else 0
 

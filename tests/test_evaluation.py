@@ -39,7 +39,8 @@ def test_convergence_rows_improve_with_more_public_texts():
     X = rng.normal(size=(700, 16))
     Y = X @ rng.normal(size=(16, 12)) + 0.3 * rng.normal(size=(700, 12))
     rows = convergence_rows({"a": X, "b": Y}, sizes=[20, 500], n_test=100,
-                            methods=["ridge", "lstsq", "procrustes"], ridge_alpha=0.01, seed=0)
+                            methods=["ridge", "lstsq", "procrustes"], ridge_alphas=[0.01, 1.0],
+                            seed=0)
     assert len(rows) == 2 * 2 * 3  # both directions × sizes × methods
     ridge = {r["n_public"]: r for r in rows if r["method"] == "ridge" and r["model_a"] == "a"}
     assert ridge[500]["r2"] > ridge[20]["r2"] and ridge[500]["r2"] > 0.8

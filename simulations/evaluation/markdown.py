@@ -42,14 +42,14 @@ README_START, README_END = "<!-- evaluation:start -->", "<!-- evaluation:end -->
 
 def readme_block(summary: dict) -> str:
     """The project README's main table, naming the command and where the rest is."""
-    seconds = summary.get("seconds", {})
+    run = summary.get("experiments", {}).get("classification", {})
     runs = summary.get("classification_runs", {})
     he = next(iter(runs.values()), {}).get("he", {})
     c = summary.get("config", {}).get("classification", {})
     return "\n".join([
         README_START,
-        f"Measured by `{summary.get('command')}` on this machine "
-        f"({seconds.get('total_this_command', 0) / 60:.0f} min; full report, figures and raw "
+        f"Measured by `{run.get('command')}` on this machine "
+        f"({run.get('seconds', 0) / 60:.0f} min for this part; full report, figures and raw "
         "figures in [reports/evaluation](reports/evaluation/README.md)). Each task: "
         f"{c.get('n_public')} public texts for the encrypted fit, {c.get('n_private')} private "
         f"texts for the provider's head, {c.get('n_query')} queries + {c.get('n_ood')} OOD texts "
@@ -162,15 +162,17 @@ def _preset_choice(rows: list[dict]) -> list[str]:
 
 
 def render(summary: dict) -> str:
-    seconds = summary.get("seconds", {})
     machine = summary.get("machine", {})
+    runs = [f"{name}: `{e['command']}` ({e['seconds']:.0f} s, load average "
+            f"{e['load_average_before']:.1f} at its start)"
+            for name, e in summary.get("experiments", {}).items()]
     lines = [
         "# The paper's evaluation, reproduced on this machine",
         "",
-        f"Command: `{summary.get('command')}` — every figure and table here comes from it "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in seconds.items())}; {machine.get('cpus')} CPUs, "
-        f"load average {machine.get('load_average_before', ['?'])[0]:.2f} before). Raw figures: "
-        "`summary.json` and the CSVs beside this file.",
+        f"Every figure and table here comes from these commands, on {machine.get('cpus')} CPUs "
+        "(raw figures: `summary.json` and the CSVs beside this file):",
+        "",
+        *[f"- {r}" for r in runs],
         "",
         "## Classification and OOD detection (encrypted, through the Flower simulation)",
         "",
