@@ -16,7 +16,7 @@ from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, query_capa
 from silos.budget import QueryBudget
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
-from silos.ood import OOD_LABEL
+from silos.ood import OOD_LABEL, class_map
 from silos.runtime import load_benchmark, load_encoder, load_ood_texts
 from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
@@ -33,8 +33,8 @@ class Provider:
     def describe(self, request: ConfigRecord) -> dict:
         s = self.settings
         corpus, _ = load_benchmark(s.corpus)
-        return {"silo": s.name, "role": s.role, "model": s.encoder.model,
-                "classes": list(corpus.label_names)}
+        classes, _ = class_map(corpus.label_names, s.corpus.holdout_classes)
+        return {"silo": s.name, "role": s.role, "model": s.encoder.model, "classes": classes}
 
     def prepare(self, request: ConfigRecord) -> dict:
         """Embed public and private texts, train the head on the private ones.
@@ -50,7 +50,10 @@ class Provider:
         public = encode_cached(encoder, [corpus.texts[i] for i in split.public], s.cache_dir)
         private = encode_cached(encoder, [corpus.texts[i] for i in split.private], s.cache_dir)
         native = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
-        truth = corpus.labels[split.query]
+        classes, remap = class_map(corpus.label_names, s.corpus.holdout_classes)
+        truth = remap[corpus.labels[split.query]]  # held-out classes: OOD
+        trained = remap[corpus.labels[split.private]] != OOD_LABEL
+        private, private_labels = private[trained], remap[corpus.labels[split.private]][trained]
         ood = load_ood_texts(s.corpus)  # benchmark: the OOD queries too, for native OOD scores
         if ood:
             native = np.vstack([native, encode_cached(encoder, list(ood), s.cache_dir)])
@@ -62,7 +65,7 @@ class Provider:
         y_fit = public[[position[i] for i in fit_ix]] / scale
         y_val = public[[position[i] for i in val_ix]] / scale
         head = LinearHead(l2=s.head_l2, max_iter=s.head_max_iter).fit(
-            private / scale, corpus.labels[split.private], classes=corpus.label_names)
+            private / scale, private_labels, classes=classes)
         put_arrays(self.state, "provider.public", y_fit=y_fit, y_val=y_val)
         put_arrays(self.state, "provider.head", coef=head.coef_, intercept=head.intercept_)
         native_logits = head.decision_function(native / scale)
@@ -74,8 +77,7 @@ class Provider:
         return {
             "seconds": time.perf_counter() - start,
             "dim": encoder.dim,
-            "train_accuracy": float((head.predict(private / scale) ==
-                                     corpus.labels[split.private]).mean()),
+            "train_accuracy": float((head.predict(private / scale) == private_labels).mean()),
             "native_accuracy": float((native_logits.argmax(1)[known] == truth[known]).mean()),
             **{f"split_{k}": v for k, v in split.summary().items()},
         }

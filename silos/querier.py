@@ -17,7 +17,7 @@ from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, enc
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.data import write_split
 from silos.embedding_cache import encode_cached
-from silos.ood import OOD_LABEL, ood_metrics
+from silos.ood import OOD_LABEL, class_map, ood_metrics
 from silos.output_policy import OutputPolicy
 from silos.runtime import load_benchmark, load_encoder, load_ood_texts
 from silos.saving import atomic_save_file
@@ -49,6 +49,8 @@ class Querier:
         public = encode_cached(encoder, texts, s.cache_dir)
         queries = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
         labels = corpus.labels[split.query]
+        _, remap = class_map(corpus.label_names, s.corpus.holdout_classes)
+        labels = np.where(remap[labels] == OOD_LABEL, OOD_LABEL, labels)  # held-out classes: OOD
         ood = load_ood_texts(s.corpus)  # benchmark: other-corpus texts, labelled OOD_LABEL
         if ood:
             queries = np.vstack([queries, encode_cached(encoder, list(ood), s.cache_dir)])

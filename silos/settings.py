@@ -41,6 +41,7 @@ class CorpusSpec:
     holdout: float = 0.2
     ood: str | None = None  # a corpus whose texts are added to the queries as out-of-distribution
     n_ood: int = 0
+    holdout_classes: tuple[str, ...] = ()  # classes the provider never trains on: OOD queries
 
     def public_parts(self, public: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Split the public indices into the fit part and the held-out part (same on every silo)."""
@@ -136,6 +137,7 @@ class SiloSettings:
             holdout=float(cfg.alignment.holdout),
             ood=None if cfg.dataset.get("ood") is None else str(cfg.dataset.ood),
             n_ood=int(cfg.dataset.get("n_ood", 0)),
+            holdout_classes=tuple(str(c) for c in cfg.dataset.get("holdout_classes", []) or []),
         )
         return cls(
             name=name,

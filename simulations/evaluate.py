@@ -88,10 +88,10 @@ def run_classification(cfg: DictConfig, command: str) -> dict:
               f"(one Flower simulation)", flush=True)
         run_dir = Path(cfg.runs_dir) / task
         report, seconds = classification.run_task(
-            task, spec.get("ood"), models=list(cfg.models), n_public=int(c.n_public),
-            n_private=int(c.n_private), n_query=int(c.n_query), n_ood=int(c.n_ood),
-            seed=int(cfg.seed), cache_dir=str(cfg.cache_dir), run_dir=run_dir,
-            extra=list(c.overrides))
+            str(spec.get("dataset", task)), spec.get("ood"), models=list(cfg.models),
+            n_public=int(c.n_public), n_private=int(c.n_private), n_query=int(c.n_query),
+            n_ood=int(c.n_ood), seed=int(cfg.seed), cache_dir=str(cfg.cache_dir), run_dir=run_dir,
+            extra=list(c.overrides), holdout_classes=list(spec.get("holdout_classes", [])))
         task_rows, task_ood = classification.rows(report, run_dir, task)
         rows += task_rows
         ood += task_ood
@@ -111,7 +111,8 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
     c = cfg.classification
     lists: dict[str, list[str]] = {}
     for task, spec in _tasks(cfg):  # the texts the classification simulations embedded
-        cs = corpus_spec(task, spec.get("ood"), n_public=int(c.n_public), n_private=int(c.n_private),
+        cs = corpus_spec(str(spec.get("dataset", task)), spec.get("ood"), n_public=int(c.n_public),
+                         n_private=int(c.n_private),
                          n_query=int(c.n_query), n_ood=int(c.n_ood) if spec.get("ood") else 0,
                          seed=int(cfg.seed))
         lists.update({f"{task}/{part}": texts for part, texts in task_texts(cs).items()})

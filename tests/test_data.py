@@ -60,3 +60,14 @@ def test_ood_queries_need_another_corpus():
         load_ood_texts(CorpusSpec(name="x", n_ood=5))
     with pytest.raises(ValueError, match=r"needs dataset\.ood"):
         load_ood_texts(CorpusSpec(name="x", ood="x", n_ood=5))
+
+
+def test_held_out_classes_map_to_ood():
+    from silos.ood import OOD_LABEL, class_map
+
+    kept, remap = class_map(["a", "b", "c"], ("b",))
+    assert kept == ["a", "c"] and remap.tolist() == [0, OOD_LABEL, 1]
+    with pytest.raises(ValueError, match="not classes"):
+        class_map(["a", "b", "c"], ("z",))
+    with pytest.raises(ValueError, match="two classes"):
+        class_map(["a", "b"], ("b",))

@@ -220,6 +220,23 @@ def test_two_queriers_and_two_providers(tmp_path):
     assert pairs["dave", "bob"]["d_querier"] == 48 and pairs["alice", "bob"]["d_querier"] == 32
 
 
+def test_held_out_classes_become_ood_queries(tmp_path):
+    """The provider never trains on 'sport'; the querier's sport texts are scored as OOD."""
+    out = tmp_path / "out"
+    overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=40),
+                 "dataset.holdout_classes=[sport]", "silos.carol=null"]
+    simulate(spying_server_app([]), client_app, num_silos=2, overrides=overrides)
+    run = json.loads((out / "run.json").read_text())
+    assert run["silos"]["bob"]["classes"] == ["politics", "tech"]
+    (pair,) = build_report(out, run, "pytest")["pairs"]
+    assert pair["status"] == "ok", pair.get("error")
+    truth = load_file(out / "silos" / "alice" / "logits" / "bob.safetensors")["truth"]
+    assert pair["n_ood"] == int((truth == -1).sum()) > 0
+    assert pair["agreement"] == 1.0
+    for kind in ("native", "aligned", "encrypted"):
+        assert 0.0 <= pair[f"ood_auroc_msp_{kind}"] <= 1.0
+
+
 def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
     """Bad input at every boundary of a running silo is answered with a named error, and the silo
     answers the next valid request: before the protocol (nothing prepared, no map), then after it

@@ -37,12 +37,13 @@ def silo_overrides(models: list[str]) -> list[str]:
     return [*out, f"pairs=[{','.join(pairs)}]"]
 
 
-def run_task(task: str, ood: str | None, *, models: list[str], n_public: int, n_private: int,
+def run_task(corpus: str, ood: str | None, *, models: list[str], n_public: int, n_private: int,
              n_query: int, n_ood: int, seed: int, cache_dir: str, run_dir: Path,
-             extra: list[str]) -> tuple[dict, float]:
+             extra: list[str], holdout_classes: list[str] = ()) -> tuple[dict, float]:
     """One Flower simulation (``python -m simulations.run_local``): its report and wall seconds."""
     overrides = [
-        f"dataset.name={task}", f"dataset.n_public={n_public}", f"dataset.n_private={n_private}",
+        f"dataset.name={corpus}", f"dataset.holdout_classes=[{','.join(holdout_classes)}]",
+        f"dataset.n_public={n_public}", f"dataset.n_private={n_private}",
         f"dataset.n_query={n_query}", f"dataset.n_ood={n_ood if ood else 0}",
         f"dataset.ood={ood if ood else 'null'}", f"run.output_dir={run_dir}",
         f"run.cache_dir={cache_dir}", f"run.seed={seed}", *silo_overrides(models), *extra,
@@ -56,7 +57,8 @@ def run_task(task: str, ood: str | None, *, models: list[str], n_public: int, n_
                        check=False)  # a failed pair still writes its report; it is read below
     report_file = run_dir / "report.json"
     if not report_file.exists():
-        raise RuntimeError(f"the {task} simulation wrote no report; see {run_dir / 'simulation.log'}")
+        raise RuntimeError(f"the {corpus} simulation wrote no report; see "
+                           f"{run_dir / 'simulation.log'}")
     return json.loads(report_file.read_text()), time.perf_counter() - started
 
 
