@@ -181,7 +181,8 @@ def render(summary: dict) -> str:
         "native = the provider's head on its own embeddings; querier's own head = the same labels "
         "and head type on the querier's embeddings (what the provider's labelled data is worth); "
         "unaligned = the provider's head on the querier's raw embeddings (zero-padded/truncated). "
-        "OOD queries: texts of the other corpus; AUROC from the max softmax probability of the "
+        "OOD queries: texts of the other corpus, or, in a task with held-out classes, the query "
+        "texts of a class the provider's head never saw; AUROC from the max softmax probability of the "
         "decrypted logits (energy and max logit in `ood.csv`). ms/query: encrypt + evaluate + "
         "decrypt compute, amortised over the batch.",
         "",
