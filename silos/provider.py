@@ -17,7 +17,7 @@ from silos.budget import QueryBudget
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
 from silos.ood import OOD_LABEL, class_map
-from silos.runtime import load_benchmark, load_encoder, load_ood_texts
+from silos.runtime import embed_queries, load_benchmark, load_encoder
 from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -49,15 +49,12 @@ class Provider:
         fit_ix, val_ix = s.corpus.public_parts(split.public)
         public = encode_cached(encoder, [corpus.texts[i] for i in split.public], s.cache_dir)
         private = encode_cached(encoder, [corpus.texts[i] for i in split.private], s.cache_dir)
-        native = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
+        # Benchmark only: the querier's query set (with its OOD queries), for native scores.
+        native, labels = embed_queries(encoder, s.corpus, s.cache_dir)
         classes, remap = class_map(corpus.label_names, s.corpus.holdout_classes)
-        truth = remap[corpus.labels[split.query]]  # held-out classes: OOD
-        trained = remap[corpus.labels[split.private]] != OOD_LABEL
+        truth = np.where(labels == OOD_LABEL, OOD_LABEL, remap[labels])
+        trained = remap[corpus.labels[split.private]] != OOD_LABEL  # held-out classes: not trained
         private, private_labels = private[trained], remap[corpus.labels[split.private]][trained]
-        ood = load_ood_texts(s.corpus)  # benchmark: the OOD queries too, for native OOD scores
-        if ood:
-            native = np.vstack([native, encode_cached(encoder, list(ood), s.cache_dir)])
-            truth = np.concatenate([truth, np.full(len(ood), OOD_LABEL)])
         # The provider's space is its encoder's output over a fixed scale (|y| <= 1 on public data),
         # which bounds every encrypted sum; the head is trained in that same space.
         scale = float(np.abs(public).max()) or 1.0

@@ -17,9 +17,9 @@ from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, enc
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.data import write_split
 from silos.embedding_cache import encode_cached
-from silos.ood import OOD_LABEL, class_map, ood_metrics
+from silos.ood import OOD_LABEL, ood_metrics
 from silos.output_policy import OutputPolicy
-from silos.runtime import load_benchmark, load_encoder, load_ood_texts
+from silos.runtime import embed_queries, load_benchmark, load_encoder
 from silos.saving import atomic_save_file
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -47,14 +47,7 @@ class Querier:
         fit_ix, val_ix = s.corpus.public_parts(split.public)
         texts = [corpus.texts[i] for i in split.public]
         public = encode_cached(encoder, texts, s.cache_dir)
-        queries = encode_cached(encoder, [corpus.texts[i] for i in split.query], s.cache_dir)
-        labels = corpus.labels[split.query]
-        _, remap = class_map(corpus.label_names, s.corpus.holdout_classes)
-        labels = np.where(remap[labels] == OOD_LABEL, OOD_LABEL, labels)  # held-out classes: OOD
-        ood = load_ood_texts(s.corpus)  # benchmark: other-corpus texts, labelled OOD_LABEL
-        if ood:
-            queries = np.vstack([queries, encode_cached(encoder, list(ood), s.cache_dir)])
-            labels = np.concatenate([labels, np.full(len(ood), OOD_LABEL)])
+        queries, labels = embed_queries(encoder, s.corpus, s.cache_dir)  # incl. OOD queries
         # A fixed scale keeps every encrypted sum far below the CKKS modulus (|x| <= 1 on public data).
         scale = float(np.abs(public).max()) or 1.0
         position = {index: row for row, index in enumerate(split.public)}

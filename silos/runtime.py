@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from silos.data import Split, TextDataset, load_corpus, split_corpus
+from silos.embedding_cache import encode_cached
+from silos.ood import OOD_LABEL, class_map
 from silos.registry import resolve_model
 from silos.settings import CorpusSpec, EncoderSpec
 
@@ -67,3 +69,19 @@ def load_ood_texts(spec: CorpusSpec) -> tuple[str, ...]:
         raise ValueError(f"dataset.n_ood={spec.n_ood} but {spec.ood!r} has {len(corpus)} texts")
     chosen = np.sort(np.random.default_rng(spec.seed + 2).permutation(len(corpus))[: spec.n_ood])
     return tuple(corpus.texts[i] for i in chosen)
+
+
+def embed_queries(encoder: Encoder, spec: CorpusSpec, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's queries, embedded: the query split with its corpus labels (``OOD_LABEL``
+    for held-out classes), then the OOD texts of another corpus (``OOD_LABEL``). The querier
+    embeds them to query; the provider the same set, for its native scores."""
+    corpus, split = load_benchmark(spec)
+    x = encode_cached(encoder, [corpus.texts[i] for i in split.query], cache_dir)
+    labels = corpus.labels[split.query]
+    _, remap = class_map(corpus.label_names, spec.holdout_classes)
+    labels = np.where(remap[labels] == OOD_LABEL, OOD_LABEL, labels)
+    ood = load_ood_texts(spec)
+    if ood:
+        x = np.vstack([x, encode_cached(encoder, list(ood), cache_dir)])
+        labels = np.concatenate([labels, np.full(len(ood), OOD_LABEL)])
+    return x, labels

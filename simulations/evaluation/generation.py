@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crypto import CkksKit, CKKSParams, EncryptedLinearHead, decrypt_logits, encrypt_queries
+from crypto import (
+    CkksKit,
+    CKKSParams,
+    EncryptedLinearHead,
+    SinglePlan,
+    decrypt_logits,
+    encrypt_queries,
+)
 from silos.alignment import AffineMap
 from silos.registry import resolve_model
 
@@ -150,8 +157,6 @@ def encrypted_head_cost(b: CausalLM, mapped: np.ndarray, slice_rows: int, preset
     zs = float(np.abs(z).max() / (params.max_abs_input / 2))  # keep |z| within the encryptable bound
     V = b.head_weight[:slice_rows].numpy().astype(np.float64).T * zs
     head = EncryptedLinearHead(V, np.zeros(slice_rows))
-    from crypto import SinglePlan
-
     plan = SinglePlan(V.shape[0], slice_rows, querier.slots)
     provider = CkksKit.from_public(querier.public_bytes(plan.rotation_steps))
     started = time.perf_counter()
