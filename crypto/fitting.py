@@ -8,13 +8,18 @@ two), the provider computes the hybrid diagonal product of Halevi–Shoup within
     y'[j] = Σ_{t<R} diag_t[j] · x[j + t],   diag_t[j] = Y[text at slot j + t, j mod R]
 
 with baby-step/giant-step rotations, then folds y' over strides T/2 … R: slot (block m, b) holds
-Σ_i X̃[i, m]·Y[i, b]. The zero slots make the reads that leave a block harmless, so one cyclic
-rotation serves all F blocks. One ciphertext × plaintext multiply yields S products; the diagonal
+Σ_i X̃[i, m]·Y[i, b]. One ciphertext × plaintext multiply yields S products; the diagonal
 plaintexts depend only on Y, so they are encoded once and reused by every querier ciphertext.
-The querier decrypts exactly X̃ᵀY, no per-text partial sums.
 
-``plan`` picks T and the part size R to minimise multiplies + rotations (a rotation costs ~11
-multiplies on this machine, measured by ``simulations/bench_crypto.py``).
+The protocol uses one block per ciphertext (T = S, ``single_block``): the fold then runs over
+every slot, and every slot holds an entry of X̃ᵀY (each R-th slot the same one). With several
+blocks the slots past R of each block hold partial sums across texts and blocks, from which a
+querier solves for Y itself (``simulations/attacks.py``); that layout exists for the attack only.
+Each reply is then protected (``crypto.privacy``).
+
+``plan`` picks the part size R (and T, for the attack's layout) to minimise multiplies + rotations
+(a rotation costs ~12 multiplies at the fitting's level, measured by
+``simulations/bench_crypto.py``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ import tenseal.sealapi as seal
 from tqdm.auto import tqdm
 
 from crypto.kit import CkksKit
-from crypto.processes import start_helper
+from crypto.privacy import CircuitPrivacy, NoiseBound, key_switch_variance, plain_norm_sq
+from crypto.processes import Helper
 
-ROTATION_COST = 11.0  # one rotation ≈ this many multiply-adds (N=8192, one data prime)
+# One rotation ≈ this many multiply-adds at the fitting's level (N=8192, three data primes: a
+# rotation 1.9 ms, a multiply-add 0.16 ms on this machine); it only steers plan()'s choice of R.
+ROTATION_COST = 12.0
 
 
 def _pow2_floor(n: int) -> int:
@@ -59,14 +67,18 @@ class CrossProductPacking:
     part_cap: int  # largest R
 
     @classmethod
-    def plan(cls, n: int, d_in: int, d_out: int, slots: int) -> CrossProductPacking:
-        """The cheapest layout (multiplies + ROTATION_COST × rotations) for this shape."""
+    def plan(cls, n: int, d_in: int, d_out: int, slots: int, *,
+             single_block: bool = True) -> CrossProductPacking:
+        """The cheapest layout (multiplies + ROTATION_COST × rotations) for this shape.
+
+        ``single_block=False`` packs several features per ciphertext: cheaper for small n, but it
+        leaves partial sums in the reply (see the module's docstring); attacks only."""
         if min(n, d_in, d_out, slots) < 1:
             raise ValueError(f"n, d_in, d_out and slots must be positive, got {n, d_in, d_out, slots}")
         best = None
         cap = 1
         while cap <= min(_pow2_floor(d_out), slots // 2):
-            block = min(slots, 1 << math.ceil(math.log2(n + cap)))
+            block = slots if single_block else min(slots, 1 << math.ceil(math.log2(n + cap)))
             if block - cap >= 1:
                 packing = cls(n, d_in, d_out, slots, block, cap)
                 if best is None or packing.cost < best.cost:
@@ -155,13 +167,17 @@ class CrossProductPacking:
 
     # -- provider ---------------------------------------------------------------------------------
     def multiply(self, kit: CkksKit, blobs: list[bytes], Y: np.ndarray, *, x_bound: float = 1.0,
-                 workers: int = 1, progress: bool = False) -> list[bytes]:
+                 workers: int = 1, progress: bool = False,
+                 privacy: CircuitPrivacy | None = None) -> list[bytes]:
         """Enc(X̃)ᵀY from the querier's ciphertexts and the provider's plaintext Y (n × d_out).
 
         ``x_bound`` is the querier's declared bound on |X̃|; with Y it bounds every sum, which sets
-        the plaintext scale (refused before computing if the chain cannot hold it). ``workers`` > 1
-        splits the querier's feature groups over that many processes (SEAL runs on one core).
+        the plaintext scale (refused before computing if the chain cannot hold it and the
+        flooding). ``workers`` > 1 splits the querier's feature groups over that many processes
+        (SEAL runs on one core). ``privacy`` protects each reply; by default 40-bit flooding and
+        re-randomisation.
         """
+        privacy = CircuitPrivacy(kit) if privacy is None else privacy
         Y = np.asarray(Y, dtype=np.float64)
         if Y.shape != (self.n, self.d_out):
             raise ValueError(f"expected Y of shape {(self.n, self.d_out)}, got {Y.shape}")
@@ -173,8 +189,11 @@ class CrossProductPacking:
         if len({(tuple(ct.parms_id()), ct.scale) for ct in loaded}) > 1:
             raise ValueError("the querier's ciphertexts differ in level or scale")
         bound = float(x_bound * np.abs(Y).sum(axis=0).max())
-        scale = kit.params.weight_scale_for(bound, kit.scale_bits(loaded[0]),
-                                            kit.level_bits(loaded[0]))
+        noise_at = self._noise(kit, Y, loaded[0])
+        scale = kit.params.weight_scale_for(
+            bound, kit.scale_bits(loaded[0]), kit.level_bits(loaded[0]),
+            flood_bits_at=lambda sc: privacy.flood_bits(max(noise_at(sc), key=lambda b: b.std)))
+        noises = [b.std for b in noise_at(scale)]
         # blobs are text chunk-major; a task is one feature group over all text chunks.
         order = [[tc * self.n_feature_groups + fg for tc in range(self.n_text_chunks)]
                  for fg in range(self.n_feature_groups)]
@@ -185,11 +204,14 @@ class CrossProductPacking:
         # helper costs ~1 s to start, so small jobs stay in this process.
         workers = max(1, min(workers, len(groups) // 4))
         bounds = np.linspace(0, len(groups), workers + 1).astype(int)
-        job = {"public": kit.public_data, "packing": self, "Y": Y, "scale": scale, "bound": bound}
-        helpers = [start_helper({**job, "groups": groups[a:b]})
+        job = {"public": kit.public_data, "packing": self, "Y": Y, "scale": scale,
+               "noises": noises, "privacy": {"bits": privacy.bits,
+                                             "rerandomize": privacy.rerandomize,
+                                             "rescale": privacy.rescale}}
+        helpers = [Helper({**job, "groups": groups[a:b]})
                    for a, b in itertools.pairwise(bounds[:-1])]
         try:
-            worker = _GroupWorker(kit, self, Y, scale, bound)
+            worker = _GroupWorker(kit, self, Y, scale, noises, privacy)
             mine = []
             bar.update(int(bounds[-2]))
             for group in order[bounds[-2]:]:  # already loaded (and checked) above
@@ -201,6 +223,48 @@ class CrossProductPacking:
                 helper.stop()
         bar.close()
         return out + [blob for group in mine for blob in group]
+
+    def _noise(self, kit: CkksKit, Y: np.ndarray, like: seal.Ciphertext):
+        """Noise of each part's reply as a function of the weight scale (see crypto.privacy)."""
+        T, R, n = self.block, self.part_cap, kit.params.poly_modulus_degree
+        ks = key_switch_variance(kit.prime_bits(like), kit.params.coeff_mod_bit_sizes[-1], n)
+        g = self.baby
+        j = np.arange(T)
+        # squared slot norms of every diagonal: [text chunk][part] -> (giants, babies)
+        norms = []
+        for Yc in _padded_chunks(self, Y):
+            per_part, offset = [], 0
+            for r in self.parts:
+                table = np.zeros((max(1, r // g), min(g, r)))
+                for q in range(table.shape[0]):
+                    for b in range(table.shape[1]):
+                        t = q * g + b
+                        rows = j + t
+                        keep = rows < T
+                        table[q, b] = float((Yc[rows[keep], offset + j[keep] % r] ** 2).sum())
+                per_part.append(table * self.features_per_ct)  # tiled over the F blocks
+                offset += r
+            norms.append(per_part)
+        baby_std = [math.sqrt(NoiseBound.fresh().std**2 + (ks if b else 0.0)) for b in range(g)]
+
+        def noise_at(scale: float) -> list[NoiseBound]:
+            out = []
+            for p, r in enumerate(self.parts):
+                giants = []
+                for q in range(max(1, r // g)):
+                    per_chunk = []  # text chunks are independent ciphertexts
+                    for chunk in norms:
+                        row = chunk[p][q]
+                        # babies of one ciphertext share its noise: their terms add as stds
+                        per_chunk.append(sum(math.sqrt(plain_norm_sq(v, scale, n)) * baby_std[b]
+                                             for b, v in enumerate(row)))
+                    inner = NoiseBound.independent([NoiseBound(x) for x in per_chunk])
+                    giants.append(inner.rotated(ks) if q else inner)
+                total = NoiseBound.correlated(giants)
+                out.append(total.folded(int(math.log2(self.block // r)), ks))
+            return out
+
+        return noise_at
 
     def _diagonals(self, kit: CkksKit, Yc: np.ndarray, scale: float,
                    like: seal.Ciphertext) -> list[list[list]]:
@@ -223,25 +287,32 @@ class CrossProductPacking:
         return encoded
 
 
+def _padded_chunks(packing: CrossProductPacking, Y: np.ndarray) -> list[np.ndarray]:
+    """Y per text chunk, laid out by slot: slot s of a block holds the text at s - R."""
+    T, R = packing.block, packing.part_cap
+    out = []
+    for tc in range(packing.n_text_chunks):
+        Yc = np.zeros((T + R, packing.d_out))
+        chunk = Y[tc * packing.texts_per_block : (tc + 1) * packing.texts_per_block]
+        Yc[R : R + len(chunk)] = chunk
+        out.append(Yc)
+    return out
+
+
 class _GroupWorker:
     """The provider's work for one feature group: diagonals encoded once, reused for every group."""
 
     def __init__(self, kit: CkksKit, packing: CrossProductPacking, Y: np.ndarray, scale: float,
-                 bound: float) -> None:
-        self.kit, self.packing, self.bound = kit, packing, bound
-        T, R = packing.block, packing.part_cap
-        self.diags = []
-        for tc in range(packing.n_text_chunks):
-            Yc = np.zeros((T + R, packing.d_out))  # slot s of a block holds the text at s - R
-            chunk = Y[tc * packing.texts_per_block : (tc + 1) * packing.texts_per_block]
-            Yc[R : R + len(chunk)] = chunk
-            self.diags.append((Yc, scale))
+                 noises: list[float], privacy: CircuitPrivacy) -> None:
+        self.kit, self.packing, self.scale = kit, packing, scale
+        self.noises, self.privacy = [NoiseBound(x) for x in noises], privacy
+        self.chunks = _padded_chunks(packing, Y)
         self._encoded: list | None = None  # encoded at the level of the first group's ciphertexts
 
     def run(self, cts: list[seal.Ciphertext]) -> list[bytes]:
         kit, packing = self.kit, self.packing
         if self._encoded is None:
-            self._encoded = [packing._diagonals(kit, Yc, scale, cts[0]) for Yc, scale in self.diags]
+            self._encoded = [packing._diagonals(kit, Yc, self.scale, cts[0]) for Yc in self.chunks]
         parts, g = packing.parts, packing.baby
         accs: list[list[seal.Ciphertext | None]] = [[None] * max(1, r // g) for r in parts]
         for ct, diags in zip(cts, self._encoded, strict=True):
@@ -256,7 +327,6 @@ class _GroupWorker:
             for q, inner in enumerate(accs[p]):
                 if inner is None:
                     continue
-                self._rescale(inner)
                 total = kit.add_into(total, kit.rotate(inner, q * g))
             if total is None:  # Y's columns of this part are all zero
                 raise ValueError("the provider's embeddings round to zero at this scale")
@@ -264,23 +334,13 @@ class _GroupWorker:
             while stride >= r:
                 total = kit.add_into(total, kit.rotate(total, stride))
                 stride //= 2
-            out.append(kit.dump(total))
+            out.append(kit.dump(self.privacy.protect(total, self.noises[p])))
         return out
-
-    def _rescale(self, ct: seal.Ciphertext) -> None:
-        """Drop to the last prime before rotating when the sums still fit it: rotations and the
-        reply then cost half."""
-        kit = self.kit
-        if kit.level_bits(ct) <= kit.params.query_bits:
-            return
-        dropped = kit.level_bits(ct) - kit.params.query_bits
-        after = kit.scale_bits(ct) - dropped
-        if after + math.log2(self.bound + 1) + 2 <= kit.params.query_bits and after >= 30:
-            kit.evaluator.rescale_to_inplace(ct, kit.context.last_parms_id())
 
 
 def run_job(job: dict) -> list[list[bytes]]:
     """A helper process's share: ``job`` as built by :meth:`CrossProductPacking.multiply`."""
-    worker = _GroupWorker(CkksKit.from_public(job["public"]), job["packing"], job["Y"],
-                          job["scale"], job["bound"])
+    kit = CkksKit.from_public(job["public"])
+    worker = _GroupWorker(kit, job["packing"], job["Y"], job["scale"], job["noises"],
+                          CircuitPrivacy(kit, **job["privacy"]))
     return [worker.run(worker.kit.load_many(group)) for group in job["groups"]]

@@ -8,12 +8,16 @@ Two packings; the silos pick one by batch size (``serve.single_max``):
 - ``single`` (one query per ciphertext): the hybrid diagonal method of Halevi–Shoup with
   baby-step/giant-step. The query, zero-padded to a power-of-two period P, fills the slots; with
   K' = next power of two ≥ K, ``y'[j] = Σ_{t<K'} diag_t[j]·z[j+t]`` where
-  ``diag_t[j] = V[(j+t) mod P, j mod K']``, then folding ``y'`` over strides P/2 … K' leaves logit k
-  in slot k. Rotations: (g-1) baby + (K'/g - 1) giant + log2(P/K') fold, ~10 for d=384, K=5,
-  against ~d for TenSEAL's ``matmul``. Galois keys are generated for exactly those steps.
+  ``diag_t[j] = V[(j+t) mod P, j mod K']`` on period 0 (zero elsewhere), then folding ``y'`` over
+  strides S/2 … K' (S the slot count) leaves logit k in every slot ≡ k mod K'. The fold is
+  *complete*: stopping at stride P/2 would also give logit k in slot k, but leave partial sums of
+  the head's products in the other slots, from which a querier solves for V in a few queries.
+  Rotations: (K'/g - 1) giant + log2(S/K') fold, ~10 for d=384, K=5, against ~d for TenSEAL's
+  ``matmul``. Galois keys are generated for exactly those steps.
 
-Results are never rescaled (``crypto.params``); the plaintext scale is chosen from a bound on the
-logits, checked before anything is computed.
+Every reply is protected before it leaves (``crypto.privacy``: re-randomised, flooded, rescaled);
+the plaintext scale is chosen so that the logits and the flooding fit the chain, checked before
+anything is computed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from crypto.kit import CkksKit
+from crypto.privacy import (
+    ROUNDING_VARIANCE,
+    CircuitPrivacy,
+    NoiseBound,
+    key_switch_variance,
+    plain_norm_sq,
+)
 
 PATHS = ("batched", "single")
 
@@ -32,9 +43,11 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-# Cost of one more query ciphertext (encode + encrypt + send) in rotations, measured by
-# simulations/bench_crypto.py at N=8192 on this machine (~1.3 ms vs ~0.74 ms).
-ENCRYPTION_COST = 1.8
+# Cost of one more query ciphertext (encode + encrypt + send) in rotations at the query level:
+# at N=8192 on this machine, encode + encrypt 1.5 ms against a rotation's 1.25 ms (two data primes;
+# simulations/bench_crypto.py prints both as encrypt_ms and rotation_ms). Only the choice of
+# ``copies`` depends on it, and only when the two are within a factor of ~2.
+ENCRYPTION_COST = 1.2
 
 
 class SinglePlan:
@@ -46,10 +59,13 @@ class SinglePlan:
     ``copies`` trades query ciphertexts for provider rotations (``ENCRYPTION_COST``).
     """
 
-    def __init__(self, n_features: int, n_classes: int, slots: int) -> None:
+    def __init__(self, n_features: int, n_classes: int, slots: int, *,
+                 complete_fold: bool = True) -> None:
         if min(n_features, n_classes) < 1:
             raise ValueError(f"need >= 1 feature and class, got {n_features}, {n_classes}")
         self.n_features, self.n_classes, self.slots = n_features, n_classes, slots
+        # complete_fold=False stops at the period (the layout that leaks partial sums): attacks only
+        self.complete_fold = complete_fold
         self.k_pad = _pow2(n_classes)
         if self.k_pad > slots:
             raise ValueError(f"{n_classes} classes do not fit {slots} slots")
@@ -64,15 +80,23 @@ class SinglePlan:
         return self.n_chunks * self.copies
 
     @property
+    def fold_span(self) -> int:
+        """Slots the fold sums over: all of them (complete), or one period."""
+        return self.slots if self.complete_fold else self.period
+
+    @property
+    def fold_strides(self) -> list[int]:
+        return [self.fold_span >> s for s in range(1, int(math.log2(self.fold_span // self.k_pad)) + 1)]
+
+    @property
     def rotation_steps(self) -> list[int]:
         giant = (q * self.copies for q in range(1, self.giant))
-        fold = (self.period >> s for s in range(1, int(math.log2(self.period // self.k_pad)) + 1))
-        return sorted({*giant, *fold})
+        return sorted({*giant, *self.fold_strides})
 
     @property
     def n_rotations(self) -> int:
         """Rotations per query (the path's cost driver)."""
-        return self.giant - 1 + int(math.log2(self.period // self.k_pad))
+        return self.giant - 1 + len(self.fold_strides)
 
     def tile(self, z: np.ndarray) -> list[np.ndarray]:
         """The querier's slot vectors for one query: per chunk and copy β, the chunk zero-padded to
@@ -191,13 +215,17 @@ class EncryptedLinearHead:
     def plan(self, slots: int) -> SinglePlan:
         return SinglePlan(self.n_features, self.n_classes, slots)
 
-    def weight_scale(self, kit: CkksKit, like: seal.Ciphertext, noise_std: float = 0.0) -> float:
-        """Largest plaintext scale whose logits (|z| <= max_abs_input, plus the clipped noise)
-        fit ``like``'s primes."""
-        bound = (np.abs(self.coef).sum(axis=0) * kit.params.max_abs_input
-                 + np.abs(self.intercept)).max() + NOISE_CLIP * noise_std
-        return kit.params.weight_scale_for(float(bound), kit.scale_bits(like),
-                                           kit.level_bits(like))
+    def logit_bound(self, kit: CkksKit, noise_std: float = 0.0) -> float:
+        """Largest |logit| for queries with |z| <= max_abs_input, plus the clipped noise."""
+        return float((np.abs(self.coef).sum(axis=0) * kit.params.max_abs_input
+                      + np.abs(self.intercept)).max() + NOISE_CLIP * noise_std)
+
+    def _weight_scale(self, kit: CkksKit, like: seal.Ciphertext, noise_std: float,
+                      privacy: CircuitPrivacy, noise_at) -> float:
+        """Largest plaintext scale whose logits and flooding fit ``like``'s primes."""
+        return kit.params.weight_scale_for(
+            self.logit_bound(kit, noise_std), kit.scale_bits(like), kit.level_bits(like),
+            flood_bits_at=lambda scale: privacy.flood_bits(noise_at(scale)))
 
     def expected_ciphertexts(self, path: str, n: int, slots: int) -> int:
         """How many query ciphertexts a request of ``n`` queries must hold."""
@@ -207,14 +235,16 @@ class EncryptedLinearHead:
         return n * self.plan(slots).ciphertexts_per_query
 
     def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
-                 noise_std: float = 0.0, rng: np.random.Generator | None = None) -> list[bytes]:
-        """Ciphertext bytes in, logit ciphertext bytes out (the provider's whole job).
+                 noise_std: float = 0.0, rng: np.random.Generator | None = None,
+                 privacy: CircuitPrivacy | None = None) -> list[bytes]:
+        """Ciphertext bytes in, protected logit ciphertext bytes out (the provider's whole job).
 
         The ciphertext count is checked before any is deserialised. ``noise_std`` > 0 adds
         Gaussian noise (clipped at NOISE_CLIP·std) to every slot of every logit ciphertext: a
-        plaintext add the provider enforces, which makes each logit it releases noisy and masks
-        the slots that hold no logit.
+        plaintext add the provider enforces, which makes each logit it releases noisy.
+        ``privacy`` protects each reply; by default 40-bit flooding and re-randomisation.
         """
+        privacy = CircuitPrivacy(kit) if privacy is None else privacy
         expected = self.expected_ciphertexts(path, n, kit.slots)
         if len(blobs) != expected:
             raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the {path} "
@@ -222,25 +252,35 @@ class EncryptedLinearHead:
         if not (np.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         if path == "batched":
-            return [kit.dump(ct) for ct in self.evaluate_batched(kit, kit.load_many(blobs), n,
-                                                                 noise_std=noise_std, rng=rng)]
+            return [kit.dump(ct) for ct in self.evaluate_batched(
+                kit, kit.load_many(blobs), n, noise_std=noise_std, rng=rng, privacy=privacy)]
         per = self.plan(kit.slots).ciphertexts_per_query
         cts = kit.load_many(blobs)
         return [kit.dump(self.evaluate_single(kit, cts[i * per : (i + 1) * per],
-                                              noise_std=noise_std, rng=rng))
+                                              noise_std=noise_std, rng=rng, privacy=privacy))
                 for i in range(n)]
 
     def evaluate_batched(self, kit: CkksKit, features: list[seal.Ciphertext], n: int, *,
-                         noise_std: float = 0.0,
-                         rng: np.random.Generator | None = None) -> list[seal.Ciphertext]:
+                         noise_std: float = 0.0, rng: np.random.Generator | None = None,
+                         privacy: CircuitPrivacy | None = None) -> list[seal.Ciphertext]:
         """K logit ciphertexts per group of N/2 queries, from d feature-major ciphertexts per group."""
+        privacy = CircuitPrivacy(kit) if privacy is None else privacy
         groups = math.ceil(n / kit.slots)
         if n < 1 or len(features) != groups * self.n_features:
             raise ValueError(f"expected {groups * self.n_features} feature ciphertexts for {n} "
                              f"queries, got {len(features)}")
         if len({(tuple(ct.parms_id()), ct.scale) for ct in features}) > 1:
             raise ValueError("the query ciphertexts differ in level or scale")
-        scale = self.weight_scale(kit, features[0], noise_std)
+        abs_coef = np.abs(self.coef)
+
+        def noise_at(scale: float) -> list[NoiseBound]:
+            # logit k = Σ_j encode(V[j,k])·ct_j: independent fresh noises times constant weights
+            weights_sq = ((abs_coef * scale + 0.5) ** 2).sum(axis=0)
+            return [NoiseBound.fresh().times(w).rotated(ROUNDING_VARIANCE) for w in weights_sq]
+
+        scale = self._weight_scale(kit, features[0], noise_std, privacy,
+                                   lambda sc: max(noise_at(sc), key=lambda b: b.std))
+        noises = noise_at(scale)
         logits = []
         for g in range(groups):
             cts = features[g * self.n_features : (g + 1) * self.n_features]
@@ -257,12 +297,12 @@ class EncryptedLinearHead:
                 if noise_std > 0:
                     bias = bias + _noise(rng, noise_std, kit.slots)
                 kit.evaluator.add_plain_inplace(acc, kit.encode(bias, acc.scale, like=acc))
-                logits.append(acc)
+                logits.append(privacy.protect(acc, noises[k]))
         return logits
 
     def _encoded_diagonals(self, kit: CkksKit, plan: SinglePlan, scale: float,
                            like: seal.Ciphertext) -> list:
-        key = (kit.params, scale, tuple(like.parms_id()))
+        key = (kit.params, scale, tuple(like.parms_id()), plan.complete_fold)
         if key not in self._diagonals:  # encoded once per head and parameter set, reused per query
             diags = plan.diagonals(self.coef)
             self._diagonals[key] = [[[kit.encode(diags[c, q, b], scale, like=like)
@@ -270,18 +310,43 @@ class EncryptedLinearHead:
                                     for c in range(plan.n_chunks)]
         return self._diagonals[key]
 
+    def _single_noise(self, kit: CkksKit, plan: SinglePlan, like: seal.Ciphertext):
+        """Noise of a single-path reply as a function of the weight scale (see crypto.privacy)."""
+        key = ("norms", plan.slots, plan.complete_fold)
+        if key not in self._diagonals:
+            self._diagonals[key] = (plan.diagonals(self.coef) ** 2).sum(axis=-1)
+        norms = self._diagonals[key]  # squared slot norms, (chunks, giant, copies)
+        ks = key_switch_variance(kit.prime_bits(like), kit.params.coeff_mod_bit_sizes[-1],
+                                 kit.params.poly_modulus_degree)
+        n = kit.params.poly_modulus_degree
+
+        def noise_at(scale: float) -> NoiseBound:
+            giants = []
+            for q in range(plan.giant):  # independent query ciphertexts (chunk × copy) per giant
+                inner = NoiseBound.independent(
+                    [NoiseBound.fresh().times(plain_norm_sq(float(v), scale, n))
+                     for v in norms[:, q].ravel()])
+                giants.append(inner.rotated(ks) if q else inner)
+            total = NoiseBound.correlated(giants)  # the same query ciphertexts in every giant step
+            return total.folded(len(plan.fold_strides), ks).rotated(ROUNDING_VARIANCE)
+
+        return noise_at
+
     def evaluate_single(self, kit: CkksKit, query: list[seal.Ciphertext], *,
-                        noise_std: float = 0.0,
-                        rng: np.random.Generator | None = None) -> seal.Ciphertext:
+                        noise_std: float = 0.0, rng: np.random.Generator | None = None,
+                        privacy: CircuitPrivacy | None = None,
+                        complete_fold: bool = True) -> seal.Ciphertext:
         """One logit ciphertext (slot k = logit k) from one query's ciphertexts (chunk × copy)."""
-        plan = self.plan(kit.slots)
+        privacy = CircuitPrivacy(kit) if privacy is None else privacy
+        plan = SinglePlan(self.n_features, self.n_classes, kit.slots, complete_fold=complete_fold)
         if len(query) != plan.ciphertexts_per_query:
             raise ValueError(f"expected {plan.ciphertexts_per_query} ciphertexts per query, "
                              f"got {len(query)}")
         if len({(tuple(ct.parms_id()), ct.scale) for ct in query}) > 1:
             raise ValueError("the query ciphertexts differ in level or scale")
-        diags = self._encoded_diagonals(kit, plan, self.weight_scale(kit, query[0], noise_std),
-                                        query[0])
+        noise_at = self._single_noise(kit, plan, query[0])
+        scale = self._weight_scale(kit, query[0], noise_std, privacy, noise_at)
+        diags = self._encoded_diagonals(kit, plan, scale, query[0])
         total = None
         for q in range(plan.giant):
             inner = None
@@ -292,11 +357,11 @@ class EncryptedLinearHead:
                 total = kit.add_into(total, kit.rotate(inner, q * plan.copies))
         if total is None:
             raise ValueError("the head's weights round to zero at this scale")
-        stride = plan.period // 2
-        while stride >= plan.k_pad:
+        for stride in plan.fold_strides:
             total = kit.add_into(total, kit.rotate(total, stride))
-            stride //= 2
         bias = _noise(rng, noise_std, kit.slots)
         bias[: self.n_classes] += self.intercept
+        if plan.complete_fold:  # every slot k mod K' holds logit k: so does its bias
+            bias = np.tile(bias[: plan.k_pad], kit.slots // plan.k_pad)
         kit.evaluator.add_plain_inplace(total, kit.encode(bias, total.scale, like=total))
-        return total
+        return privacy.protect(total, noise_at(scale))

@@ -5,9 +5,14 @@ vector API hides: symmetric encryption whose ciphertexts travel *seeded* (half t
 keys for only the rotation steps a computation uses, pre-encoded plaintexts reused across
 ciphertexts, and products left unrescaled (see ``crypto.params``).
 
-What leaves the querier is :meth:`CkksKit.public_bytes`: the parameters and, when a computation
-rotates, Galois keys for its steps. Galois keys are public evaluation keys; the secret key is only
-ever serialised by :meth:`CkksKit.secret_key_bytes`, for the querier's own node state.
+What leaves the querier is :meth:`CkksKit.public_bytes`: the parameters, its public key (with which
+a provider re-randomises its replies, ``crypto.privacy``) and, when a computation rotates, Galois
+keys for its steps. Public and Galois keys can encrypt and evaluate, never decrypt; the secret key
+is only ever serialised by :meth:`CkksKit.secret_key_bytes`, for the querier's own node state.
+
+Levels: the fitting's public embeddings are encrypted on every data prime (``fit_level``), queries
+on all but the last (``query_level``), and every reply is rescaled to the first prime alone
+(``reply_level``) once it is protected.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ class CkksKit:
     """Encoder, evaluator and keys of one parameter set.
 
     ``CkksKit.generate(params)`` makes a querier's kit with a fresh secret key;
-    ``CkksKit(params)`` a provider's, which can evaluate but never encrypt nor decrypt.
+    ``CkksKit.from_public(data)`` a provider's, which can evaluate and encrypt zeros under the
+    querier's public key, never decrypt.
     """
 
-    def __init__(self, params: CKKSParams, *, secret_key: seal.SecretKey | None = None) -> None:
-        self.params = params.check()
+    def __init__(self, params: CKKSParams, *, secret_key: seal.SecretKey | None = None,
+                 min_security_bits: int | None = None) -> None:
+        self.params = params.check(min_security_bits=min_security_bits)
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         parms.set_poly_modulus_degree(params.poly_modulus_degree)
         parms.set_coeff_modulus(
@@ -55,6 +62,8 @@ class CkksKit:
         self.encoder = seal.CKKSEncoder(self.context)
         self.evaluator = seal.Evaluator(self.context)
         self.galois_keys: seal.GaloisKeys | None = None
+        self.public_key: seal.PublicKey | None = None
+        self.public_encryptor: seal.Encryptor | None = None
         self.rotation_steps: frozenset[int] = frozenset()
         self.public_data: bytes = b""  # what from_public was built from (for worker processes)
         # Id of the querier's key, written into every ciphertext and checked on load: a ciphertext
@@ -85,12 +94,20 @@ class CkksKit:
         return cls(params, secret_key=key)
 
     @classmethod
-    def from_public(cls, data: bytes) -> CkksKit:
-        """A provider's kit from a querier's :meth:`public_bytes` (parameters checked first)."""
-        params_json, key_id, keys = _split(data)
-        kit = cls(CKKSParams.from_json(params_json))
+    def from_public(cls, data: bytes, *, min_security_bits: int = 128) -> CkksKit:
+        """A provider's kit from a querier's :meth:`public_bytes`.
+
+        The parameters are checked first, against the *provider's* ``min_security_bits``: a
+        querier's ``allow_insecure`` does not lower it."""
+        params_json, key_id, public_key, keys = _split(data)
+        params = CKKSParams.from_json(params_json, min_security_bits=min_security_bits)
+        kit = cls(params, min_security_bits=min_security_bits)
         kit.public_data = bytes(data)
         kit.key_id = key_id
+        if public_key:
+            kit.public_key = load_into(seal.PublicKey(), kit.context, public_key, "public key",
+                                       tag=key_id)
+            kit.public_encryptor = seal.Encryptor(kit.context, kit.public_key)
         if keys:
             kit.galois_keys = load_into(seal.GaloisKeys(), kit.context, keys, "Galois keys",
                                         tag=key_id)
@@ -112,10 +129,12 @@ class CkksKit:
         """The secret key, for the querier's own node state only."""
         return dump(self._require_secret())
 
-    def public_bytes(self, rotation_steps: Iterable[int] = ()) -> bytes:
-        """Parameters + Galois keys for ``rotation_steps`` only (none: a few hundred bytes).
+    def public_bytes(self, rotation_steps: Iterable[int] = (), *, public_key: bool = True) -> bytes:
+        """Parameters + the public key + Galois keys for ``rotation_steps`` only.
 
-        Galois keys are generated seeded (SEAL halves their size); nothing here can decrypt.
+        Keys are generated seeded (SEAL halves their size); nothing here can decrypt.
+        ``public_key=False`` leaves it out: a provider then cannot re-randomise its replies, and
+        refuses to serve unless its policy turns the protection off.
         """
         self._require_secret()
         steps = sorted({int(s) % self.slots for s in rotation_steps} - {0})
@@ -123,7 +142,16 @@ class CkksKit:
         if steps:
             elements = [galois_element(s, self.params.poly_modulus_degree) for s in steps]
             keys = dump(self._keygen.create_galois_keys(elements), self._tag)
-        return _join(self.params.to_json().encode(), self._tag, keys)
+        pk = dump(self._public_key(), self._tag) if public_key else b""
+        return _join(self.params.to_json().encode(), self._tag, pk, keys)
+
+    def _public_key(self) -> seal.PublicKey:
+        """The querier's public key, made once per kit (sealapi cannot return SEAL's seeded form:
+        it travels whole, ~0.5 MiB at N=8192)."""
+        if self.public_key is None:
+            self.public_key = seal.PublicKey()
+            self._keygen.create_public_key(self.public_key)
+        return self.public_key
 
     def _require_secret(self) -> seal.SecretKey:
         if self._secret_key is None:
@@ -136,8 +164,8 @@ class CkksKit:
                 first_level: bool = False) -> bytes:
         """Seeded symmetric encryption of up to ``slots`` values.
 
-        Default: a query, at the input scale on the last level (one prime: the smallest
-        ciphertext). ``first_level``: on every data prime, for the fitting's longer computation.
+        Default: a query, at the input scale on the query level. ``first_level``: on every data
+        prime, for the fitting's longer computation.
         """
         self._require_secret()
         values = np.asarray(values, dtype=np.float64).ravel()
@@ -152,7 +180,7 @@ class CkksKit:
                 "provider's scales assume it; rescale the inputs or raise the bound")
         plain = seal.Plaintext()
         bits = self.params.input_scale_bits if scale_bits is None else scale_bits
-        level = self.context.first_parms_id() if first_level else self.context.last_parms_id()
+        level = self.fit_level if first_level else self.query_level
         self.encoder.encode(values.tolist(), level, 2.0**bits, plain)
         return dump(self._encryptor.encrypt_symmetric(plain), self._tag)
 
@@ -161,6 +189,24 @@ class CkksKit:
         plain = seal.Plaintext()
         self._decryptor.decrypt(ciphertext, plain)
         return np.asarray(self.encoder.decode_double(plain))
+
+    # -- levels -----------------------------------------------------------------------------------
+    @property
+    def fit_level(self):
+        return self.context.first_parms_id()
+
+    @property
+    def query_level(self):
+        return self.context.first_context_data().next_context_data().parms_id()
+
+    @property
+    def reply_level(self):
+        return self.context.last_parms_id()
+
+    def prime_bits(self, ciphertext: seal.Ciphertext) -> list[int]:
+        """Bit sizes of the primes ``ciphertext`` lives on."""
+        data = self.context.get_context_data(ciphertext.parms_id())
+        return [m.bit_count() for m in data.parms().coeff_modulus()]
 
     # -- both: (de)serialise ----------------------------------------------------------------------
     @property
@@ -194,10 +240,10 @@ class CkksKit:
     # -- provider: evaluate -----------------------------------------------------------------------
     def encode(self, values: np.ndarray | float, scale: float,
                like: seal.Ciphertext | None = None) -> seal.Plaintext:
-        """A plaintext at ``scale``, at ``like``'s level (default: the queries' last level)."""
+        """A plaintext at ``scale``, at ``like``'s level (default: the queries' level)."""
         plain = seal.Plaintext()
         value = float(values) if np.isscalar(values) else np.asarray(values, np.float64).tolist()
-        level = self.context.last_parms_id() if like is None else like.parms_id()
+        level = self.query_level if like is None else like.parms_id()
         self.encoder.encode(value, level, scale, plain)
         return plain
 
@@ -230,16 +276,22 @@ class CkksKit:
         return out
 
 
-def _join(params: bytes, key_id: bytes, keys: bytes) -> bytes:
-    return len(params).to_bytes(4, "little") + params + key_id + keys
+def _join(params: bytes, key_id: bytes, public_key: bytes, keys: bytes) -> bytes:
+    return (len(params).to_bytes(4, "little") + params + key_id
+            + len(public_key).to_bytes(4, "little") + public_key + keys)
 
 
-def _split(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """(parameters JSON, key id, Galois keys) of a public context."""
+def _split(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(parameters JSON, key id, public key, Galois keys) of a public context."""
     if not isinstance(data, bytes | bytearray) or len(data) < 4:
         raise InsecureParametersError("expected a public context (parameters + key id + keys)")
     size = int.from_bytes(data[:4], "little")
-    if size > len(data) - 4 - TAG_BYTES:
-        raise InsecureParametersError("truncated public context")
     end = 4 + size + TAG_BYTES
-    return bytes(data[4:4 + size]), bytes(data[4 + size:end]), bytes(data[end:])
+    if end + 4 > len(data):
+        raise InsecureParametersError("truncated public context")
+    pk_size = int.from_bytes(data[end:end + 4], "little")
+    if end + 4 + pk_size > len(data):
+        raise InsecureParametersError("truncated public context")
+    pk_end = end + 4 + pk_size
+    return (bytes(data[4:4 + size]), bytes(data[4 + size:end]), bytes(data[end + 4:pk_end]),
+            bytes(data[pk_end:]))

@@ -1,13 +1,12 @@
 """CKKS parameter sets and the checks that refuse unsafe or unusable ones before anything is encrypted.
 
 The protocol needs exactly one ciphertext × plaintext multiply per result (a matrix product), then
-only additions and rotations. So results are never rescaled: they are decrypted at scale
-``input_scale × weight_scale``. Queries are encrypted at the *last* level, on the first prime alone
-(60 bits hold a logit product with 2^-20 precision), which makes every query ciphertext and
-operation as small as CKKS allows. The public embeddings of the fitting are encrypted at the
-*first* level, on all data primes (the last prime is SEAL's special prime for key switching),
-because the fitting rotates them before multiplying and sums thousands of products: 100 bits give
-it 40-bit scales.
+only additions and rotations, then the reply's protection (``crypto.privacy``): a fresh encryption
+of zero and a flooding polynomial 2^40·N times the weight-dependent noise. So a result must sit at a
+scale far above its noise: queries are encrypted on all data primes but the last (``query_bits``,
+120 by default) at a high input scale, the fitting's public embeddings on every data prime
+(``data_bits``, 158). A protected reply is rescaled to the first prime alone (``reply_bits``), its
+smallest form. The last prime of the chain is SEAL's special prime for key switching.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 # Largest total coefficient modulus (bits) that keeps 128-bit classical security for a ternary secret,
@@ -52,25 +52,25 @@ class CKKSParams:
     and the provider sizes its scales with it.
     """
 
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
-    input_scale_bits: int = 25
-    fit_input_scale_bits: int = 40
-    weight_scale_bits: int = 40
-    max_abs_input: float = 4.0
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    input_scale_bits: int
+    fit_input_scale_bits: int
+    weight_scale_bits: int
+    max_abs_input: float
     allow_insecure: bool = False
 
     @classmethod
     def from_config(cls, he: object) -> CKKSParams:
-        """Build from the ``he`` config section (any mapping with the dataclass' keys)."""
+        """Build from the ``he`` config section (conf/he/*.yaml merged into conf/default.yaml)."""
         get = he.get if hasattr(he, "get") else lambda k, d=None: getattr(he, k, d)
         return cls(
             poly_modulus_degree=int(get("poly_modulus_degree")),
             coeff_mod_bit_sizes=tuple(int(b) for b in get("coeff_mod_bit_sizes")),
-            input_scale_bits=int(get("input_scale_bits", cls.input_scale_bits)),
-            fit_input_scale_bits=int(get("fit_input_scale_bits", cls.fit_input_scale_bits)),
-            weight_scale_bits=int(get("weight_scale_bits", cls.weight_scale_bits)),
-            max_abs_input=float(get("max_abs_input", cls.max_abs_input)),
+            input_scale_bits=int(get("input_scale_bits")),
+            fit_input_scale_bits=int(get("fit_input_scale_bits")),
+            weight_scale_bits=int(get("weight_scale_bits")),
+            max_abs_input=float(get("max_abs_input")),
             allow_insecure=bool(get("allow_insecure", False)),
         )
 
@@ -78,12 +78,13 @@ class CKKSParams:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> CKKSParams:
-        """Parameters sent by a querier; a provider checks them before building anything."""
+    def from_json(cls, text: str | bytes, *, min_security_bits: int | None = None) -> CKKSParams:
+        """Parameters sent by a querier; a provider checks them, at its own
+        ``min_security_bits``, before building anything."""
         try:
             values = json.loads(text)
             values["coeff_mod_bit_sizes"] = tuple(values["coeff_mod_bit_sizes"])
-            return cls(**values).check()
+            return cls(**values).check(min_security_bits=min_security_bits)
         except (TypeError, KeyError, ValueError) as err:
             if isinstance(err, InsecureParametersError):
                 raise
@@ -117,16 +118,34 @@ class CKKSParams:
 
     @property
     def query_bits(self) -> int:
-        """Bits of a ciphertext at the last level (the first prime only): encrypted queries."""
+        """Bits of a ciphertext at the query level (all data primes but the last)."""
+        return sum(self.coeff_mod_bit_sizes[:-2])
+
+    @property
+    def reply_bits(self) -> int:
+        """Bits of a protected reply (the first prime only)."""
         return self.coeff_mod_bit_sizes[0]
 
-    def check(self) -> CKKSParams:
-        """Raise InsecureParametersError unless the set is >= 128-bit and can hold one product."""
+    def check(self, *, min_security_bits: int | None = None) -> CKKSParams:
+        """Raise InsecureParametersError unless the set is secure and can hold the protocol.
+
+        ``min_security_bits`` is a provider's own floor (128, 192 or 256): below it the set is
+        refused whatever ``allow_insecure`` says, since that flag is the querier's."""
         n = self.poly_modulus_degree
         if n not in MAX_LOG_Q_128:
             raise InsecureParametersError(
                 f"poly_modulus_degree must be one of {sorted(MAX_LOG_Q_128)}, got {n}"
             )
+        if min_security_bits is not None:
+            if min_security_bits not in MAX_LOG_Q:
+                raise InsecureParametersError(
+                    f"a minimum security of {min_security_bits} bits is not in the HE Standard "
+                    f"table; use one of {sorted(MAX_LOG_Q)}")
+            if self.security_bits < min_security_bits:
+                raise InsecureParametersError(
+                    f"log Q = {self.log_q} bits at N={n} is below the {min_security_bits}-bit "
+                    f"security this provider requires (HE Standard: at most "
+                    f"{MAX_LOG_Q[min_security_bits][n]} bits); refused whatever allow_insecure says")
         if self.log_q > MAX_LOG_Q_128[n]:
             what = (f"log Q = {self.log_q} bits exceeds {MAX_LOG_Q_128[n]} for N={n}: below "
                     "128-bit security (HE Standard)")
@@ -137,10 +156,10 @@ class CKKSParams:
             warnings.warn(f"INSECURE CKKS PARAMETERS: {what}; used only because "
                           "he.allow_insecure=true. Never serve real data with them.",
                           InsecureParametersWarning, stacklevel=2)
-        if len(self.coeff_mod_bit_sizes) < 2:
+        if len(self.coeff_mod_bit_sizes) < 4:
             raise InsecureParametersError(
-                "the modulus chain needs a data prime and a special prime (for rotations), got "
-                f"{list(self.coeff_mod_bit_sizes)}"
+                "the modulus chain needs three data primes (fitting, queries, replies) and a "
+                f"special prime (for rotations), got {list(self.coeff_mod_bit_sizes)}"
             )
         if any(not 20 <= b <= 60 for b in self.coeff_mod_bit_sizes):
             raise InsecureParametersError(
@@ -158,29 +177,44 @@ class CKKSParams:
             )
         if not self.max_abs_input > 0:
             raise InsecureParametersError(f"max_abs_input must be positive, got {self.max_abs_input}")
+        if self.input_scale_bits + math.log2(self.max_abs_input) + 2 > self.query_bits:
+            raise InsecureParametersError(
+                f"queries at 2^{self.input_scale_bits} up to {self.max_abs_input:g} do not fit "
+                f"the query level's {self.query_bits} bits")
+        if self.fit_input_scale_bits + 2 > self.data_bits:
+            raise InsecureParametersError(
+                f"public embeddings at 2^{self.fit_input_scale_bits} do not fit the first level's "
+                f"{self.data_bits} bits")
         self.weight_scale_for(self.max_abs_input)  # the simplest product must fit
         self.weight_scale_for(1.0, self.fit_input_scale_bits, self.data_bits)
         return self
 
     def weight_scale_for(self, bound: float, input_scale_bits: float | None = None,
-                         level_bits: int | None = None) -> float:
+                         level_bits: int | None = None,
+                         flood_bits_at: Callable[[float], float] | None = None) -> float:
         """Plaintext scale for a product whose decrypted values are bounded by ``bound``.
 
-        The result lives at ``input_scale × weight_scale`` in ``data_bits`` bits, one of which is the
-        sign and one a margin for noise. Raises InsecureParametersError if the weights would get
-        fewer than MIN_WEIGHT_SCALE_BITS bits: the computation does not fit this chain, and it is
-        refused before anything is computed rather than decrypted as garbage.
+        The result lives at ``input_scale × weight_scale`` in ``level_bits`` bits, one of which is
+        the sign and one a margin for noise. ``flood_bits_at(scale)`` is log2 of the flooding bound
+        a reply computed at that weight scale needs (it grows with the scale): it must fit too.
+        Raises InsecureParametersError if the weights would get fewer than MIN_WEIGHT_SCALE_BITS
+        bits: the computation does not fit this chain, and it is refused before anything is
+        computed rather than decrypted as garbage (or sent unflooded).
         """
         if not math.isfinite(bound) or bound < 0:
             raise InsecureParametersError(f"the result bound must be finite, got {bound}")
         input_bits = self.input_scale_bits if input_scale_bits is None else input_scale_bits
         level_bits = self.query_bits if level_bits is None else level_bits
-        room = math.floor(level_bits - 2 - input_bits - max(0, math.ceil(math.log2(bound + 1))))
-        bits = min(self.weight_scale_bits, room)
-        if bits < MIN_WEIGHT_SCALE_BITS:
-            raise InsecureParametersError(
-                f"results up to {bound:.3g} need {input_bits:g} + "
-                f"{MIN_WEIGHT_SCALE_BITS} + {math.ceil(math.log2(bound + 1))} + 2 bits, the "
-                f"ciphertext's primes hold {level_bits}: use a longer chain or a smaller input scale"
-            )
-        return 2.0**bits
+        value_bits = max(0, math.ceil(math.log2(bound + 1)))
+        room = math.floor(level_bits - 2 - input_bits - value_bits)
+        flood = 0.0
+        for bits in range(min(self.weight_scale_bits, room), MIN_WEIGHT_SCALE_BITS - 1, -1):
+            flood = 0.0 if flood_bits_at is None else flood_bits_at(2.0**bits)
+            if flood <= level_bits - 2:
+                return 2.0**bits
+        raise InsecureParametersError(
+            f"results up to {bound:.3g} at input scale 2^{input_bits:g} need {input_bits:g} + "
+            f"{MIN_WEIGHT_SCALE_BITS} + {value_bits} + 2 bits"
+            + (f" and flooding of 2^{flood:.0f}" if flood else "")
+            + f"; the ciphertext's primes hold {level_bits}: use a longer chain or a smaller "
+            "input scale")

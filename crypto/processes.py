@@ -55,7 +55,3 @@ class Helper:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
-
-
-def start_helper(job: dict) -> Helper:
-    return Helper(job)

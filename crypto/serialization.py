@@ -15,6 +15,7 @@ and corruption, not an adversary (who can recompute both; deployments run over T
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -39,6 +40,22 @@ class _MemFile(threading.local):
 
 
 _FILE = _MemFile()
+
+
+def memfile() -> _MemFile:
+    """This thread's anonymous file, for code that hands SEAL bytes it assembled itself."""
+    return _FILE
+
+
+@functools.cache
+def seal_version() -> tuple[int, int]:
+    """(major, minor) that this SEAL writes into its serialisation headers (and accepts)."""
+    import tenseal.sealapi as seal
+
+    os.ftruncate(_FILE.fd, 0)
+    seal.Plaintext().save(_FILE.path)
+    header = os.pread(_FILE.fd, 5, 0)
+    return header[3], header[4]
 
 
 def dump(obj: Any, tag: bytes = NO_TAG) -> bytes:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, query_capacity
+from crypto import CircuitPrivacy, CkksKit, CrossProductPacking, EncryptedLinearHead, query_capacity
 from silos.budget import QueryBudget
 from silos.embedding_cache import encode_cached
 from silos.head import LinearHead
@@ -85,16 +85,21 @@ class Provider:
     def _receive_context(self, request: ConfigRecord) -> CkksKit:
         """The querier's public context: from this request (and kept), or the one kept before."""
         querier = str(request["querier"])
+        floor = self.settings.serve.min_security_bits
         if "context" in request:
             data = bytes(request["context"])
-            kit = CkksKit.from_public(data)
+            kit = CkksKit.from_public(data, min_security_bits=floor)
             put_config(self.state, "provider.contexts", **{querier: data})
             return kit
         contexts = get_config(self.state, "provider.contexts",
                               f"no public context from querier {querier!r} (align first)")
         if querier not in contexts:
             raise LookupError(f"no public context from querier {querier!r} (align first)")
-        return CkksKit.from_public(bytes(contexts[querier]))
+        return CkksKit.from_public(bytes(contexts[querier]), min_security_bits=floor)
+
+    def _privacy(self, kit: CkksKit) -> CircuitPrivacy:
+        """How this provider protects its replies (its own policy, never the querier's)."""
+        return CircuitPrivacy(kit, bits=self.settings.serve.privacy_bits)
 
     @staticmethod
     def _x_bound(request: ConfigRecord) -> float:
@@ -111,13 +116,14 @@ class Provider:
         d_in, bound = int(request["d_in"]), self._x_bound(request)
         y_fit, y_val = public["y_fit"], public["y_val"]
         reply = {"d_out": int(y_fit.shape[1])}
+        privacy = self._privacy(kit)
         fit = CrossProductPacking.plan(len(y_fit), d_in, y_fit.shape[1], kit.slots)
         reply["fit"] = fit.multiply(kit, list(request["fit"]), y_fit, x_bound=bound,
-                                    workers=self.settings.workers, progress=True)
+                                    workers=self.settings.workers, progress=True, privacy=privacy)
         if len(y_val):
             val = CrossProductPacking.plan(len(y_val), d_in, y_val.shape[1], kit.slots)
             reply["val"] = val.multiply(kit, list(request["val"]), y_val, x_bound=bound,
-                                        workers=self.settings.workers)
+                                        workers=self.settings.workers, privacy=privacy)
             reply["y_sq_sum_val"] = float(np.sum(public["y_val"].astype(np.float64) ** 2))
         reply["seconds"] = time.perf_counter() - start
         return reply
@@ -131,7 +137,8 @@ class Provider:
                                            kit.slots)
         y_hat = y_val / np.maximum(np.linalg.norm(y_val, axis=1, keepdims=True), 1e-12)
         products = packing.multiply(kit, list(request["rows"]), y_hat,
-                                    x_bound=self._x_bound(request), workers=self.settings.workers)
+                                    x_bound=self._x_bound(request), workers=self.settings.workers,
+                                    privacy=self._privacy(kit))
         return {"products": products, "d_out": y_val.shape[1],
                 "seconds": time.perf_counter() - start}
 
@@ -158,7 +165,8 @@ class Provider:
                              f"{path} path (d={head.n_features}), got {len(blobs)}")
         budget = QueryBudget(self.state, policy.query_budget)
         budget.check(querier, cost)
-        logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise)
+        logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise,
+                               privacy=self._privacy(kit))
         remaining = budget.charge(querier, cost)  # only once answered
         return {"ciphertexts": logits, "n_classes": head.n_classes, "charged": cost,
                 "budget_left": remaining, "seconds": time.perf_counter() - start}

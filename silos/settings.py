@@ -68,6 +68,8 @@ class ServePolicy:
     logit_noise: float = 0.0
     output_top_k: int = 0
     output_decimals: int | None = None
+    privacy_bits: int = 40
+    min_security_bits: int = 128
 
     @classmethod
     def from_config(cls, serve: DictConfig) -> ServePolicy:
@@ -78,7 +80,11 @@ class ServePolicy:
             logit_noise=float(serve.get("logit_noise", 0.0)),
             output_top_k=int(serve.get("output_top_k", 0)),
             output_decimals=None if decimals is None else int(decimals),
+            privacy_bits=int(serve.get("privacy_bits", 40)),
+            min_security_bits=int(serve.get("min_security_bits", 128)),
         )
+        if policy.privacy_bits < 40:
+            raise ValueError(f"serve.privacy_bits must be >= 40, got {policy.privacy_bits}")
         if policy.query_budget is not None and policy.query_budget < 0:
             raise ValueError(f"serve.query_budget must be >= 0 or null, got {budget}")
         if policy.max_request_queries < 1:
