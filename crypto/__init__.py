@@ -11,11 +11,13 @@ from crypto.head import (
 )
 from crypto.kit import CkksKit, KeyMaterialError
 from crypto.params import CKKSParams, InsecureParametersError, InsecureParametersWarning
+from crypto.privacy import CircuitPrivacy
 from crypto.serialization import CiphertextError
 
 __all__ = [
     "CKKSParams",
     "CiphertextError",
+    "CircuitPrivacy",
     "CkksKit",
     "CrossProductPacking",
     "EncryptedLinearHead",

@@ -226,7 +226,7 @@ class CrossProductPacking:
 
     def _noise(self, kit: CkksKit, Y: np.ndarray, like: seal.Ciphertext):
         """Noise of each part's reply as a function of the weight scale (see crypto.privacy)."""
-        T, R, n = self.block, self.part_cap, kit.params.poly_modulus_degree
+        T, n = self.block, kit.params.poly_modulus_degree
         ks = key_switch_variance(kit.prime_bits(like), kit.params.coeff_mod_bit_sizes[-1], n)
         g = self.baby
         j = np.arange(T)

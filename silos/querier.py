@@ -98,8 +98,9 @@ class Querier:
     def select(self, request: ConfigRecord) -> dict:
         """Decrypt X̃ᵀY, score every ridge alpha on the held-out texts, keep the best.
 
-        Replies with Enc(D·X̃_val), D = 1/‖ẑ_i‖ of the chosen map, for the provider to return the
-        statistics of the held-out mean cosine.
+        With ``alignment.cosine``, replies with Enc(D·X̃_val), D = 1/‖ẑ_i‖ of the chosen map, for
+        the provider to return the statistics of the held-out mean cosine: statistics of its
+        row-normalised embeddings beyond X̃ᵀY, so off by default (and a provider may refuse it).
         """
         start = time.perf_counter()
         provider = str(request["provider"])
@@ -132,14 +133,15 @@ class Querier:
                  "r2_by_alpha": [float(v) for v in r2.values()]}
         stats = {"xtx_fit": xtx_fit, "xty_fit": xty_fit, "xtx_val": xtx_val, "xty_val": xty_val,
                  "alpha": np.array([alpha])}
-        if has_val:
+        if has_val and s.cosine:  # optional: the provider's policy must allow it
             held_out = held_out_maps[alpha]
             norms = np.linalg.norm(held_out.transform(public["x_val"]), axis=1)
             rows = augment(public["x_val"]) / np.maximum(norms, 1e-12)[:, None]
             row_scale = 1.0 / max(1.0, float(np.abs(rows).max()))  # keep |row| <= 1, as for X̃
             reply["rows"] = val.encrypt(kit, rows * row_scale)
-            stats.update(held_out_coef=held_out.augmented_coef(), r2=np.array([r2[alpha]]),
-                         row_scale=np.array([row_scale]))
+            stats.update(held_out_coef=held_out.augmented_coef(), row_scale=np.array([row_scale]))
+        if has_val:
+            stats["r2"] = np.array([r2[alpha]])
         put_arrays(self.state, f"querier.stats.{provider}", **stats)
         reply["seconds"] = time.perf_counter() - start
         return reply
@@ -156,11 +158,12 @@ class Querier:
         n_fit, n_val = len(public["x_fit"]), len(public["x_val"])
         cosine, r2 = float("nan"), float("nan")
         if n_val:
+            r2 = float(stats["r2"][0])
+        if n_val and "held_out_coef" in stats:
             packing = self._packing(n_val, d_out)
             products = packing.decrypt(self._kit(), list(request["products"]))
             cosine = float(np.sum(stats["held_out_coef"] * products)
                            / (n_val * stats["row_scale"][0]))
-            r2 = float(stats["r2"][0])
         final = AffineMap(alpha).fit_from_stats(
             stats["xtx_fit"] + stats["xtx_val"], stats["xty_fit"] + stats["xty_val"],
             n_samples=n_fit + n_val)

@@ -112,6 +112,7 @@ class SiloSettings:
     head_max_iter: int
     workers: int = 1
     serve: ServePolicy = ServePolicy()
+    cosine: bool = False
 
     @classmethod
     def from_config(cls, cfg: DictConfig, name: str) -> SiloSettings:
@@ -159,6 +160,7 @@ class SiloSettings:
             head_l2=float(cfg.head.l2),
             head_max_iter=int(cfg.head.max_iter),
             workers=int(cfg.alignment.workers),
+            cosine=bool(cfg.alignment.cosine),
             serve=ServePolicy.from_config(cfg.serve),
         )
 

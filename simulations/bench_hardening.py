@@ -36,6 +36,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conf import load_config
 from crypto import CkksKit, CKKSParams, EncryptedLinearHead, decrypt_logits, encrypt_queries
 from silos.budget import QueryBudget
 from silos.output_policy import OutputPolicy
@@ -133,7 +134,7 @@ def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0
 
 def hardening_rows(task: Task, noises: list[float], top_ks: list[int], decimals: list[int],
                    reps: int) -> list[dict]:
-    params = CKKSParams()
+    params = CKKSParams.from_config(load_config([]).he)
     querier = CkksKit.generate(params)
     provider = CkksKit.from_public(querier.public_bytes())
     serve(task, querier, provider, reps=1)  # warm-up: the first run pays one-off costs

@@ -1,6 +1,7 @@
 """CKKS parameters are refused at the edge, before any silo starts or anything is encrypted."""
 
 import warnings
+from dataclasses import replace
 
 import pytest
 
@@ -28,12 +29,13 @@ def test_secure_parameters_are_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_silos(load_config([]))
-    assert CKKSParams().is_secure and not CKKSParams(8192, (60, 60, 60, 60)).is_secure
+    params = CKKSParams.from_config(load_config([]).he)
+    assert params.is_secure and not replace(params, coeff_mod_bit_sizes=(60, 60, 60, 60)).is_secure
 
 
 @pytest.mark.parametrize("override", [
-    "he.input_scale_bits=50",  # 50 + 16 weight bits + the logit bound > the 60-bit query prime
-    "he.coeff_mod_bit_sizes=[30,60]",  # a first prime too small to hold a product
+    "he.input_scale_bits=110",  # 110 + 16 weight bits + the logit bound > the 120-bit query level
+    "he.coeff_mod_bit_sizes=[30,30,30,60]",  # a query level too small to hold a product
     "he.max_abs_input=1e12",  # a bound the chain cannot hold
 ])
 def test_a_chain_that_cannot_hold_the_computation_is_refused_before_anything_runs(override, capsys):

@@ -7,9 +7,10 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import default_params
 
 from conf import load_config
-from crypto import CiphertextError, CkksKit, CKKSParams, InsecureParametersError, encrypt_queries
+from crypto import CiphertextError, CkksKit, InsecureParametersError, encrypt_queries
 from crypto.kit import KeyMaterialError
 from silos.provider import Provider
 from silos.settings import SiloSettings
@@ -20,7 +21,7 @@ FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 D, K = 8, 3
 
-QUERIER = CkksKit.generate(CKKSParams())
+QUERIER = CkksKit.generate(default_params())
 PUBLIC = QUERIER.public_bytes([1, 2])
 PROVIDER_KIT = CkksKit.from_public(PUBLIC)
 CIPHERTEXT = QUERIER.encrypt(np.linspace(-1, 1, 16))

@@ -4,12 +4,12 @@ on the silo objects themselves (no Flower): every refusal is a typed error and l
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
+from tiny import default_params
 
 from conf import load_config
 from crypto import (
     CiphertextError,
     CkksKit,
-    CKKSParams,
     EncryptedLinearHead,
     InsecureParametersError,
     SinglePlan,
@@ -28,7 +28,7 @@ D, K = 24, 3
 
 @pytest.fixture(scope="module")
 def querier():
-    return CkksKit.generate(CKKSParams())
+    return CkksKit.generate(default_params())
 
 
 def head_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +105,8 @@ def test_provider_refuses_oversized_and_miscounted_requests_before_reading_them(
 def test_provider_refuses_foreign_and_corrupt_ciphertexts(tmp_path, querier):
     bob = provider(tmp_path)
     Z = np.zeros((3, D))
-    foreign = CkksKit.generate(CKKSParams(16384, (60, 60, 60)))
-    other_key = CkksKit.generate(CKKSParams())  # same parameters: only the key id tells them apart
+    foreign = CkksKit.generate(default_params("n16384"))
+    other_key = CkksKit.generate(default_params())  # same parameters: only the key id tells them apart
     cases = {
         "another parameter set": encrypt_queries(foreign, Z, path="batched", n_classes=K),
         "another key": encrypt_queries(other_key, Z, path="batched", n_classes=K),
@@ -180,7 +180,7 @@ def test_serve_policy_is_checked_at_the_edge():
 def test_the_querier_refuses_logits_computed_for_another_key(querier):
     """A reply mixed up between queriers (another querier's context) is refused at decryption."""
     coef, intercept = head_arrays()
-    other = CkksKit.generate(CKKSParams())
+    other = CkksKit.generate(default_params())
     Z = np.zeros((2, D))
     out = EncryptedLinearHead(coef, intercept).evaluate(
         CkksKit.from_public(other.public_bytes()),

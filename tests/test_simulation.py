@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
-from tiny import tiny_overrides, write_ood_corpus
+from tiny import default_params, tiny_overrides, write_ood_corpus
 
 from conf import load_config
 from crypto import CkksKit
@@ -246,7 +246,7 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
     import tenseal  # noqa: F401  (SEAL must be importable in the ServerApp's thread)
     from safetensors.numpy import save_file
 
-    from crypto import CKKSParams, encrypt_queries
+    from crypto import encrypt_queries
     from strategy.protocol import Action, error_of, message_type, request_content
 
     errors: dict[str, str] = {}
@@ -309,7 +309,7 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
         good = last["request"]
         flipped = bytearray(good["ciphertexts"][0])
         flipped[len(flipped) // 2] ^= 4
-        stranger = CkksKit.generate(CKKSParams())
+        stranger = CkksKit.generate(default_params())
         d_bob = 64
         after = {
             "truncated ciphertext": (bob, Action.EVALUATE, {

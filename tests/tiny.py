@@ -104,3 +104,11 @@ def tiny_overrides(root: Path, *, n_texts: int, n_public: int, n_private: int, n
         f"silos.bob.model={paths['bert64']}", f"silos.carol.model={carol or paths['llama']}",
         f"run.output_dir={root / 'out'}", f"run.cache_dir={root / 'cache'}",
     ]
+
+
+def default_params(preset: str = "n8192"):
+    """The CKKS parameters of a preset in conf/he/ (the one home of their values)."""
+    from conf import load_config
+    from crypto import CKKSParams
+
+    return CKKSParams.from_config(load_config([f"he.preset={preset}"]).he)
