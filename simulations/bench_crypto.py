@@ -9,8 +9,11 @@ Head paths, per (d, K, N): ``plaintext`` (numpy float64), ``naive`` (TenSEAL ``C
 on a context with every Galois key, as the public demos do), ``dot`` (TenSEAL, one ``dot`` per
 class), ``single`` (``crypto.head``: hybrid diagonals, querier-side baby steps, Galois keys for the
 used steps only) and ``batched`` (``crypto.head``: feature-major, no rotations) at several batch
-sizes. Latencies include serialisation: what a querier and a provider do per request. Writes
-``head.csv``, ``fit.csv``, ``README.md`` (tables) and ``crypto.png`` into ``--out``.
+sizes, every reply protected (``crypto.privacy``: re-randomised, flooded, rescaled) as the product
+serves it; for the first (d, K) also unprotected (``protection = off``), to show what it costs.
+Latencies include serialisation: what a querier and a provider do per request. Writes
+``head.csv``, ``fit.csv``, ``README.md`` (tables, and the targets met or not) and ``crypto.png``
+into ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 
 from conf import load_config
 from crypto import (
+    CircuitPrivacy,
     CkksKit,
     CKKSParams,
     CrossProductPacking,
@@ -40,7 +44,7 @@ from crypto import (
 )
 from silos.alignment import AffineMap, augment
 
-HEAD_COLUMNS = ["path", "d", "K", "N", "batch", "latency_ms_per_query", "encrypt_ms_per_query",
+HEAD_COLUMNS = ["path", "protection", "d", "K", "N", "batch", "latency_ms_per_query", "encrypt_ms_per_query",
                 "evaluate_ms_per_query", "decrypt_ms_per_query", "queries_per_s",
                 "bytes_in_per_query", "bytes_out_per_query", "context_bytes", "rotations",
                 "max_abs_error", "argmax_agreement", "n_checked", "ratio_to_naive",
@@ -88,12 +92,13 @@ class HeadBench:
 
     def row(self, path: str, batch: int, times: list[tuple[float, float, float]], n_per_rep: int,
             bytes_in: int, bytes_out: int, context: int, errors: list[np.ndarray],
-            rotations: int = 0) -> dict:
+            rotations: int = 0, protection: str = "-") -> dict:
         enc, ev, dec = (statistics.median(t[i] for t in times) / n_per_rep * 1e3 for i in range(3))
         latency = enc + ev + dec
         err = np.concatenate(errors) if errors else np.zeros((0, 2))
         return {
-            "path": path, "d": self.d, "K": self.k, "N": self.n, "batch": batch,
+            "path": path, "protection": protection, "d": self.d, "K": self.k, "N": self.n,
+            "batch": batch,
             "latency_ms_per_query": latency, "encrypt_ms_per_query": enc,
             "evaluate_ms_per_query": ev, "decrypt_ms_per_query": dec,
             "queries_per_s": 1e3 / latency if latency else float("inf"),
@@ -144,43 +149,48 @@ class HeadBench:
             bytes_in, bytes_out = len(blob), sum(len(o) for o in outs)
         return self.row(path, 1, times, 1, bytes_in, bytes_out, len(public_bytes), errors)
 
-    def single(self, reps: int) -> dict:
+    def single(self, reps: int, protect: bool = True) -> dict:
         plan = SinglePlan(self.d, self.k, self.querier.slots)
         context = self.querier.public_bytes(plan.rotation_steps)
         provider = CkksKit.from_public(context)
+        privacy = CircuitPrivacy(provider) if protect else CircuitPrivacy.off(provider)
         head = EncryptedLinearHead(self.V, self.c)  # a fresh head: its diagonal cache starts empty
         head.evaluate(provider, encrypt_queries(self.querier, self.queries(1), path="single",
-                                                n_classes=self.k), path="single", n=1)  # warm-up
+                                                n_classes=self.k), path="single", n=1,
+                      privacy=privacy)  # warm-up
         times, errors, bytes_in, bytes_out = [], [], 0, 0
         for _ in range(reps):
             Z = self.queries(1)
             t_enc, blobs = timed(lambda Z=Z: encrypt_queries(self.querier, Z, path="single",
                                                              n_classes=self.k))
-            t_eval, outs = timed(lambda b=blobs: head.evaluate(provider, b, path="single", n=1))
+            t_eval, outs = timed(lambda b=blobs: head.evaluate(provider, b, path="single", n=1,
+                                                               privacy=privacy))
             t_dec, logits = timed(lambda o=outs: decrypt_logits(self.querier, o, path="single",
                                                                n=1, n_classes=self.k))
             times.append((t_enc, t_eval, t_dec))
             errors.append(self._check(Z, logits))
             bytes_in, bytes_out = sum(map(len, blobs)), sum(map(len, outs))
         return self.row("single", 1, times, 1, bytes_in, bytes_out, len(context), errors,
-                        plan.n_rotations)
+                        plan.n_rotations, "on" if protect else "off")
 
-    def batched(self, batch: int, reps: int) -> dict:
+    def batched(self, batch: int, reps: int, protect: bool = True) -> dict:
         context = self.querier.public_bytes()
         provider = CkksKit.from_public(context)
+        privacy = CircuitPrivacy(provider) if protect else CircuitPrivacy.off(provider)
         times, errors, bytes_in, bytes_out = [], [], 0, 0
         for _ in range(reps):
             Z = self.queries(batch)
             t_enc, blobs = timed(lambda Z=Z: encrypt_queries(self.querier, Z, path="batched",
                                                              n_classes=self.k))
             t_eval, outs = timed(lambda b=blobs, n=batch: self.head.evaluate(
-                provider, b, path="batched", n=n))
+                provider, b, path="batched", n=n, privacy=privacy))
             t_dec, logits = timed(lambda o=outs, n=batch: decrypt_logits(
                 self.querier, o, path="batched", n=n, n_classes=self.k))
             times.append((t_enc, t_eval, t_dec))
             errors.append(self._check(Z, logits))
             bytes_in, bytes_out = sum(map(len, blobs)), sum(map(len, outs))
-        return self.row("batched", batch, times, batch, bytes_in, bytes_out, len(context), errors)
+        return self.row("batched", batch, times, batch, bytes_in, bytes_out, len(context), errors,
+                        protection="on" if protect else "off")
 
 
 def bench_fit(n: int, d_q: int, d_p: int, preset: str, workers: int, seed: int) -> dict:
@@ -236,13 +246,13 @@ def markdown(head: list[dict], fit: list[dict], command: str, load: str = "") ->
              "evaluate + decrypt per query, serialisation included, median over repetitions; "
              "errors against float64.\n",
              "## Head (Enc(z) ↦ Enc(zV + c))\n",
-             "| path | d | K | N | batch | ms/query | enc | eval | dec | queries/s | KiB in/q "
-             "| KiB out/q | context KiB | rotations | max abs err | argmax agree | vs naive "
-             "| vs plaintext |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| path | protection | d | K | N | batch | ms/query | enc | eval | dec | queries/s "
+             "| KiB in/q | KiB out/q | context KiB | rotations | max abs err | argmax agree "
+             "| vs naive | vs plaintext |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in head:
         lines.append(
-            f"| {r['path']} | {r['d']} | {r['K']} | {r['N']} | {r['batch']} "
+            f"| {r['path']} | {r['protection']} | {r['d']} | {r['K']} | {r['N']} | {r['batch']} "
             f"| {r['latency_ms_per_query']:.4g} | {r['encrypt_ms_per_query']:.3g} "
             f"| {r['evaluate_ms_per_query']:.3g} | {r['decrypt_ms_per_query']:.3g} "
             f"| {r['queries_per_s']:.4g} | {r['bytes_in_per_query'] / 1024:.3g} "
@@ -260,7 +270,42 @@ def markdown(head: list[dict], fit: list[dict], command: str, load: str = "") ->
             f"| {r['bytes_up'] / 2**20:.1f} | {r['bytes_down'] / 2**20:.1f} "
             f"| {r['context_bytes'] / 2**20:.1f} | {r['max_abs_error']:.1e} "
             f"| {r['map_relative_error']:.1e} |")
+    lines += ["\n## Targets (protection on)\n", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'yes' if ok else 'no'} |" for name, value, ok in
+              targets(head, fit)]
     return "\n".join(lines) + "\n"
+
+
+def targets(head: list[dict], fit: list[dict]) -> list[tuple[str, str, bool]]:
+    """The issue's targets against this run's rows (those it measured)."""
+    def pick(path: str, d: int, k: int, batch: int | None = None) -> dict | None:
+        return next((r for r in head if r["path"] == path and r["protection"] == "on"
+                     and (r["d"], r["K"], r["N"]) == (d, k, 8192)
+                     and (batch is None or r["batch"] == batch)), None)
+
+    out = []
+    for d, limit in ((384, 20.0), (4096, 30.0)):
+        if (r := pick("single", d, 5)) is not None:
+            ms = r["latency_ms_per_query"]
+            out.append((f"single query, d={d} → K=5: ≤ {limit:g} ms", f"{ms:.1f} ms", ms <= limit))
+    if (r := pick("batched", 384, 5, 4096)) is not None:
+        kib = (r["bytes_in_per_query"] + r["bytes_out_per_query"]) / 1024
+        out.append(("batched B=4096, d=384, K=5: ≥ 3,500 queries/s",
+                    f"{r['queries_per_s']:,.0f} queries/s", r["queries_per_s"] >= 3500))
+        out.append(("… ≤ 16 KiB per query on the wire", f"{kib:.1f} KiB", kib <= 16))
+    for r in fit:
+        if (r["n"], r["d_q"], r["d_p"]) == (2000, 384, 768):
+            out.append(("encrypted fitting n=2,000, 384 → 768: ≤ 60 s",
+                        f"{r['seconds']:.1f} s ({r['workers']} processes)", r["seconds"] <= 60))
+        out.append((f"fitted map vs plaintext fit ≤ 1e-3 relative (n={r['n']})",
+                    f"{r['map_relative_error']:.1e}", r["map_relative_error"] <= 1e-3))
+    for r in head:
+        if r["protection"] == "on" and r["n_checked"] >= 10_000:
+            ok = r["max_abs_error"] <= 1e-3 and r["argmax_agreement"] == 1.0
+            out.append((f"{r['path']} d={r['d']} K={r['K']}: max abs error ≤ 1e-3 and the same "
+                        f"argmax on {r['n_checked']:,} random queries",
+                        f"{r['max_abs_error']:.1e}, agreement {r['argmax_agreement']:.4f}", ok))
+    return out
 
 
 README_START, README_END = "<!-- bench_crypto:start -->", "<!-- bench_crypto:end -->"
@@ -422,9 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         head.append(bench.single(args.reps))
         head.extend(bench.batched(b, args.reps if b < 4096 else max(1, args.reps // 2))
                     for b in args.batches)
+        if index == 0:  # what the protection costs, in the same run
+            head.append(bench.single(args.reps, protect=False))
+            head.append(bench.batched(max(args.batches), max(1, args.reps // 2), protect=False))
         if index == 0 and args.check_queries:  # the 10,000-query check of the issue
             for path in ("single", "batched"):
-                row = next(r for r in head[::-1] if r["path"] == path)
+                row = next(r for r in head[::-1] if r["path"] == path and r["protection"] == "on")
                 row.update(check_many(bench, path, args.check_queries))
         write_csv(partial, head, HEAD_COLUMNS)
     add_ratios(head)
