@@ -260,6 +260,18 @@ class EncryptedLinearHead:
                                               noise_std=noise_std, rng=rng, privacy=privacy))
                 for i in range(n)]
 
+    def batched_noise(self, scale: float) -> list[NoiseBound]:
+        """Noise of each class's batched reply at weight scale ``scale``: logit k is
+        Σ_j encode(V[j,k])·ct_j + bias, independent fresh noises times constant weights."""
+        weights_sq = ((np.abs(self.coef) * scale + 0.5) ** 2).sum(axis=0)
+        return [NoiseBound.fresh().times(w).rotated(ROUNDING_VARIANCE) for w in weights_sq]
+
+    def single_noise(self, kit: CkksKit, like: seal.Ciphertext, scale: float, *,
+                     complete_fold: bool = True) -> NoiseBound:
+        """Noise of a single-path reply at weight scale ``scale``."""
+        plan = SinglePlan(self.n_features, self.n_classes, kit.slots, complete_fold=complete_fold)
+        return self._single_noise(kit, plan, like)(scale)
+
     def evaluate_batched(self, kit: CkksKit, features: list[seal.Ciphertext], n: int, *,
                          noise_std: float = 0.0, rng: np.random.Generator | None = None,
                          privacy: CircuitPrivacy | None = None) -> list[seal.Ciphertext]:
@@ -271,13 +283,7 @@ class EncryptedLinearHead:
                              f"queries, got {len(features)}")
         if len({(tuple(ct.parms_id()), ct.scale) for ct in features}) > 1:
             raise ValueError("the query ciphertexts differ in level or scale")
-        abs_coef = np.abs(self.coef)
-
-        def noise_at(scale: float) -> list[NoiseBound]:
-            # logit k = Σ_j encode(V[j,k])·ct_j: independent fresh noises times constant weights
-            weights_sq = ((abs_coef * scale + 0.5) ** 2).sum(axis=0)
-            return [NoiseBound.fresh().times(w).rotated(ROUNDING_VARIANCE) for w in weights_sq]
-
+        noise_at = self.batched_noise
         scale = self._weight_scale(kit, features[0], noise_std, privacy,
                                    lambda sc: max(noise_at(sc), key=lambda b: b.std))
         noises = noise_at(scale)
