@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
+from tiny import default_params
 
 from crypto import CircuitPrivacy, CkksKit, CrossProductPacking, EncryptedLinearHead, SinglePlan
 from crypto.head import encrypt_queries
-from tiny import default_params
 
 QUERIER = CkksKit.generate(default_params())
 
