@@ -83,7 +83,8 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
         assert pair["map_relative_error"] <= 1e-4
         # Fit quality measured under encryption equals the plaintext computation.
         assert pair["r2"] == pytest.approx(pair["plaintext_r2"], abs=1e-5)
-        assert math.isnan(pair["cosine"])  # the optional cosine round is off by default
+        # The optional cosine round (off by default) is on here: both sides' flags are set.
+        assert pair["cosine"] == pytest.approx(pair["plaintext_cosine"], abs=1e-5)
         assert pair["n_queries"] == 100 and pair["latency_ms_per_query"] > 0
         assert pair["bytes_per_query"] > 0 and pair["context_bytes"] > 0
         assert 0.0 <= pair["native_accuracy"] <= 1.0
