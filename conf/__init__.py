@@ -30,6 +30,7 @@ def load_config(overrides: Iterable[str] | str = ()) -> DictConfig:
     overrides = list(overrides)
     base = OmegaConf.load(CONF_DIR / "default.yaml")
     cli = OmegaConf.from_dotlist(overrides)
+    _refuse_provider_policy(cli, base)
     for key in _unknown_keys(cli, base):
         raise KeyError(f"unknown config key {key!r} (see conf/default.yaml)")
     cfg = OmegaConf.merge(base, cli)
@@ -39,6 +40,22 @@ def load_config(overrides: Iterable[str] | str = ()) -> DictConfig:
         raise ValueError(f"unknown HE preset {preset!r}; choose one of {he_presets()}")
     cfg.he = OmegaConf.merge(cfg.he, OmegaConf.load(preset_file), cli.get("he", {}))
     return cfg
+
+
+def _refuse_provider_policy(cli: DictConfig, base: DictConfig) -> None:
+    """A provider's limits are its own policy, not the run config's (the operator's): the old
+    ``serve.*`` keys and the ``provider_policy`` defaults cannot be set from it."""
+    policy_keys = list(base.provider_policy)
+    moved = [f"serve.{key}" for key in cli.get("serve", {}) if key in policy_keys]
+    if "provider_policy" in cli:
+        moved += [f"provider_policy.{key}" for key in cli.provider_policy or ["*"]]
+    for key in moved:
+        name = key.split(".", 1)[1]
+        raise KeyError(
+            f"unknown config key {key}: the limits of a provider are its own policy, not set by "
+            f"the run config; set {name} in the policy file of the provider (--node-config "
+            f"policy=/path/policy.yaml) when deployed, or silos.<provider>.policy.{name} in a "
+            f"simulation (defaults: provider_policy in conf/default.yaml; docs/security.md)")
 
 
 def _unknown_keys(cli: DictConfig, base: DictConfig, prefix: str = "") -> list[str]:

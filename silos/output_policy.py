@@ -4,7 +4,7 @@ The provider computes on ciphertexts and cannot compare or round them (CKKS is l
 run at the querier, after decryption. They protect whoever consumes the querier's results (a
 downstream service gets fewer, coarser numbers about the provider's head); they do NOT protect the
 provider against a malicious querier, which decrypts every logit before any policy applies. What
-the provider itself can enforce is its query budget and noise (``serve.logit_noise``).
+the provider itself can enforce is its own policy's query budget and noise (silos/policy.py).
 """
 
 from __future__ import annotations

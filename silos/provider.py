@@ -3,6 +3,8 @@
 It receives only public contexts (CKKS parameters, checked, and Galois keys) and ciphertexts; its
 kit has no secret key, so it cannot encrypt nor decrypt. It returns
 ciphertexts, plus one plaintext scalar per alignment (Σ‖y‖² of the held-out public texts, for R²).
+Its limits (budget, noise, request size, minimum security, flooding, the optional cosine round) are
+its own policy (``settings.policy``, silos/policy.py), never the querier's or the operator's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class Provider:
         s = self.settings
         corpus, _ = load_benchmark(s.corpus)
         classes, _ = class_map(corpus.label_names, s.corpus.holdout_classes)
-        return {"silo": s.name, "role": s.role, "model": s.encoder.model, "classes": classes}
+        # allow_cosine: so that the coordinator does not ask for a round this provider refuses.
+        return {"silo": s.name, "role": s.role, "model": s.encoder.model, "classes": classes,
+                "allow_cosine": s.policy.allow_cosine}
 
     def prepare(self, request: ConfigRecord) -> dict:
         """Embed public and private texts, train the head on the private ones.
@@ -82,10 +86,21 @@ class Provider:
     def _public(self) -> dict[str, np.ndarray]:
         return get_arrays(self.state, "provider.public", NOT_PREPARED)
 
-    def _receive_context(self, request: ConfigRecord) -> CkksKit:
-        """The querier's public context: from this request (and kept), or the one kept before."""
+    @staticmethod
+    def _querier(request: ConfigRecord) -> str:
+        """The querier's name as the coordinator sends it: what the budget is kept by."""
         querier = str(request["querier"])
-        floor = self.settings.serve.min_security_bits
+        if not querier:
+            raise ValueError("the request names no querier")
+        return querier
+
+    def _receive_context(self, request: ConfigRecord) -> CkksKit:
+        """The querier's public context: from this request (and kept), or the one kept before.
+
+        Checked against this provider's ``min_security_bits`` whatever the context's own
+        ``allow_insecure`` says (that flag is the querier's)."""
+        querier = self._querier(request)
+        floor = self.settings.policy.min_security_bits
         if "context" in request:
             data = bytes(request["context"])
             kit = CkksKit.from_public(data, min_security_bits=floor)
@@ -99,7 +114,7 @@ class Provider:
 
     def _privacy(self, kit: CkksKit) -> CircuitPrivacy:
         """How this provider protects its replies (its own policy, never the querier's)."""
-        return CircuitPrivacy(kit, bits=self.settings.serve.privacy_bits)
+        return CircuitPrivacy(kit, bits=self.settings.policy.privacy_bits)
 
     @staticmethod
     def _x_bound(request: ConfigRecord) -> float:
@@ -129,7 +144,13 @@ class Provider:
         return reply
 
     def cosine_products(self, request: ConfigRecord) -> dict:
-        """Enc(D·X̃)ᵀŶ on the held-out texts, Ŷ the row-normalised provider embeddings."""
+        """Enc(D·X̃)ᵀŶ on the held-out texts, Ŷ the row-normalised provider embeddings.
+
+        Optional, and refused unless this provider's policy has ``allow_cosine``: it reveals
+        statistics of Ŷ beyond X̃ᵀY (whatever rows the querier chooses to send)."""
+        if not self.settings.policy.allow_cosine:
+            raise PermissionError(f"provider {self.settings.name!r} does not answer the cosine "
+                                  "round: its policy's allow_cosine is false")
         start = time.perf_counter()
         y_val = self._public()["y_val"].astype(np.float64)
         kit = self._receive_context(request)
@@ -146,16 +167,17 @@ class Provider:
         """The head on encrypted aligned queries: encrypted logits, for the querier only.
 
         Refused before any ciphertext is read: a request larger than ``max_request_queries``, one
-        whose ciphertext count does not match its queries, one past the querier's budget.
+        whose ciphertext count does not match its queries, one past the querier's budget (kept on
+        this provider's disk, across runs: silos/budget.py).
         """
         start = time.perf_counter()
-        policy = self.settings.serve
+        policy = self.settings.policy
         arrays = get_arrays(self.state, "provider.head", NOT_PREPARED)
         head = EncryptedLinearHead(arrays["coef"], arrays["intercept"])
-        querier, path, n = str(request["querier"]), str(request["path"]), int(request["n"])
+        querier, path, n = self._querier(request), str(request["path"]), int(request["n"])
         if n > policy.max_request_queries:
-            raise ValueError(f"a request of {n} queries exceeds serve.max_request_queries="
-                             f"{policy.max_request_queries}")
+            raise ValueError(f"a request of {n} queries exceeds this provider's "
+                             f"max_request_queries={policy.max_request_queries}")
         kit = self._receive_context(request)
         cost = query_capacity(path, n, kit.slots)
         blobs = list(request["ciphertexts"])
@@ -163,7 +185,7 @@ class Provider:
         if len(blobs) != expected:
             raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the "
                              f"{path} path (d={head.n_features}), got {len(blobs)}")
-        budget = QueryBudget(self.state, policy.query_budget)
+        budget = QueryBudget(self.settings.state_dir, policy.query_budget)
         budget.check(querier, cost)
         logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise,
                                privacy=self._privacy(kit))

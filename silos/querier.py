@@ -159,7 +159,8 @@ class Querier:
         cosine, r2 = float("nan"), float("nan")
         if n_val:
             r2 = float(stats["r2"][0])
-        if n_val and "held_out_coef" in stats:
+        # No products: the provider's policy does not allow the cosine round (not asked).
+        if n_val and "held_out_coef" in stats and len(request.get("products", [])):
             packing = self._packing(n_val, d_out)
             products = packing.decrypt(self._kit(), list(request["products"]))
             cosine = float(np.sum(stats["held_out_coef"] * products)

@@ -25,8 +25,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
 
     Same folder, so the rename is atomic; the data is fsynced first, so the new name never points
-    at a half-written file after a crash. On any failure the temporary file is removed and
-    ``path`` keeps its previous content.
+    at a half-written file after a crash, and the folder after, so the rename itself survives one
+    (a query budget must not fall back to an older count). On any failure the temporary file is
+    removed and ``path`` keeps its previous content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
     return path
 
 

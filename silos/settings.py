@@ -1,4 +1,5 @@
-"""What one silo is configured with, resolved once at the ClientApp boundary from the run config."""
+"""What one silo is configured with, resolved once at the ClientApp boundary from the run config
+(and, for a deployed silo, its own node config)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from conf import active_silos
 from crypto.params import CKKSParams
+from silos.policy import ProviderPolicy
 from strategy.protocol import ROLES
 
-SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize"}
+SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "policy"}
 
 
 @dataclass(frozen=True)
@@ -54,43 +56,21 @@ class CorpusSpec:
 
 @dataclass(frozen=True)
 class ServePolicy:
-    """How a silo serves: the provider's limits and noise, the querier's output policy.
-
-    ``query_budget``: encrypted queries per querier on a provider (None: unlimited), counted as
-    ``crypto.query_capacity``; ``max_request_queries``: queries one request may carry (larger ones
-    are refused before any ciphertext is read); ``logit_noise``: standard deviation of the noise a
-    provider adds to every logit; ``output_top_k`` / ``output_decimals``: the querier keeps only
-    the top-k logits, rounded (0 / None: all, unrounded).
+    """The querier's output policy, applied after decryption: it keeps only the top-k logits,
+    rounded (0 / None: all, unrounded). It protects the querier's consumers, not the provider,
+    whose limits are its own :class:`silos.policy.ProviderPolicy`.
     """
 
-    query_budget: int | None = None
-    max_request_queries: int = 8192
-    logit_noise: float = 0.0
     output_top_k: int = 0
     output_decimals: int | None = None
-    privacy_bits: int = 40
-    min_security_bits: int = 128
 
     @classmethod
     def from_config(cls, serve: DictConfig) -> ServePolicy:
-        budget, decimals = serve.get("query_budget"), serve.get("output_decimals")
+        decimals = serve.get("output_decimals")
         policy = cls(
-            query_budget=None if budget is None else int(budget),
-            max_request_queries=int(serve.get("max_request_queries", cls.max_request_queries)),
-            logit_noise=float(serve.get("logit_noise", 0.0)),
             output_top_k=int(serve.get("output_top_k", 0)),
             output_decimals=None if decimals is None else int(decimals),
-            privacy_bits=int(serve.get("privacy_bits", 40)),
-            min_security_bits=int(serve.get("min_security_bits", 128)),
         )
-        if policy.privacy_bits < 40:
-            raise ValueError(f"serve.privacy_bits must be >= 40, got {policy.privacy_bits}")
-        if policy.query_budget is not None and policy.query_budget < 0:
-            raise ValueError(f"serve.query_budget must be >= 0 or null, got {budget}")
-        if policy.max_request_queries < 1:
-            raise ValueError("serve.max_request_queries must be >= 1")
-        if not (np.isfinite(policy.logit_noise) and policy.logit_noise >= 0):
-            raise ValueError(f"serve.logit_noise must be finite and >= 0, got {policy.logit_noise}")
         if policy.output_top_k < 0:
             raise ValueError(f"serve.output_top_k must be >= 0, got {policy.output_top_k}")
         return policy
@@ -110,12 +90,18 @@ class SiloSettings:
     default_alpha: float
     head_l2: float
     head_max_iter: int
+    policy: ProviderPolicy  # a provider's own limits (a querier's are the defaults, unused)
+    state_dir: Path  # what a silo keeps across runs (a provider's query budget)
     workers: int = 1
     serve: ServePolicy = ServePolicy()
     cosine: bool = False
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, name: str) -> SiloSettings:
+    def from_config(cls, cfg: DictConfig, name: str, *, policy: ProviderPolicy | None = None,
+                    state_dir: Path | None = None) -> SiloSettings:
+        """The silo ``name`` of ``cfg``. ``policy`` / ``state_dir``: the deployed provider's own
+        (its node config's); None: the silo's section of ``cfg`` (a simulation, which plays every
+        party) and its workdir."""
         silos = active_silos(cfg)
         if name not in silos:
             raise KeyError(f"unknown silo {name!r}; configured silos: {list(silos)}")
@@ -125,6 +111,15 @@ class SiloSettings:
             raise KeyError(f"silo {name!r}: unknown keys {sorted(unknown)}; allowed: {sorted(SILO_KEYS)}")
         if silo.get("role") not in ROLES:
             raise ValueError(f"silo {name!r}: role must be one of {ROLES}, got {silo.get('role')!r}")
+        if silo.get("policy") is not None and silo.role != "provider":
+            raise KeyError(f"silo {name!r} is a {silo.role}: only a provider has a policy "
+                           f"(silos.{name}.policy)")
+        if policy is None:
+            own = silo.get("policy")
+            policy = ProviderPolicy.resolve(
+                {} if own is None else OmegaConf.to_container(own, resolve=True),
+                where=f"silos.{name}.policy")
+        workdir = Path(str(cfg.run.output_dir)).expanduser() / "silos" / name
         encoder = EncoderSpec(
             model=str(silo.model),
             pooling=str(silo.get("pooling", cfg.encoder.pooling)),
@@ -151,7 +146,7 @@ class SiloSettings:
             role=str(silo.role),
             encoder=encoder,
             corpus=corpus,
-            workdir=Path(str(cfg.run.output_dir)).expanduser() / "silos" / name,
+            workdir=workdir,
             cache_dir=Path(str(cfg.run.cache_dir)).expanduser(),
             he=CKKSParams.from_config(cfg.he),
             alphas=tuple(float(a) for a in cfg.alignment.alphas),
@@ -161,6 +156,8 @@ class SiloSettings:
             head_max_iter=int(cfg.head.max_iter),
             workers=int(cfg.alignment.workers),
             cosine=bool(cfg.alignment.cosine),
+            policy=policy,
+            state_dir=workdir if state_dir is None else Path(state_dir).expanduser(),
             serve=ServePolicy.from_config(cfg.serve),
         )
 
@@ -176,15 +173,25 @@ NODE_CONFIG_KEYS = {
     "output-dir": "run.output_dir",
     "cache-dir": "run.cache_dir",
 }
+# A deployed provider's own: its policy file (silos/policy.py) and the folder that keeps its query
+# budget across runs (default: its workdir, <output-dir>/silos/<silo>). Never from the run config.
+NODE_OWN_KEYS = {"policy", "state-dir"}
 SIMULATION_NODE_KEYS = {"partition-id", "num-partitions"}
 
 
 def node_settings(cfg: DictConfig, node_config: dict) -> SiloSettings:
-    """This node's silo settings: the run config, with what the node's own config says on top."""
-    unknown = set(node_config) - set(NODE_CONFIG_KEYS) - SIMULATION_NODE_KEYS - {"silo"}
+    """This node's silo settings: the run config, with what the node's own config says on top.
+
+    A deployed node (its node config names its ``silo``) is another organisation's host: a
+    provider's policy comes from its node config's ``policy`` file only (a run config that sets
+    ``silos.NAME.policy`` for it is refused), and its budget must live in a folder its node config
+    names. A simulated node (``partition-id``) plays its silo's section of the one config.
+    """
+    allowed = set(NODE_CONFIG_KEYS) | NODE_OWN_KEYS | SIMULATION_NODE_KEYS | {"silo"}
+    unknown = set(node_config) - allowed
     if unknown:
         raise KeyError(f"unknown node config keys {sorted(unknown)}; allowed: silo, "
-                       f"{', '.join(NODE_CONFIG_KEYS)}")
+                       f"{', '.join([*NODE_CONFIG_KEYS, *sorted(NODE_OWN_KEYS)])}")
     name = silo_name(cfg, node_config)
     local = {key: value for key, value in node_config.items() if key in NODE_CONFIG_KEYS}
     if local:
@@ -193,7 +200,35 @@ def node_settings(cfg: DictConfig, node_config: dict) -> SiloSettings:
         cfg = cfg.copy()
         for key, value in local.items():
             OmegaConf.update(cfg, NODE_CONFIG_KEYS[key].format(silo=name), str(value), merge=False)
-    return SiloSettings.from_config(cfg, name)
+    if "silo" not in node_config:
+        if set(node_config) & NODE_OWN_KEYS:
+            raise KeyError(f"node config keys {sorted(set(node_config) & NODE_OWN_KEYS)} are a "
+                           "deployed provider's: name its silo too (silo=...)")
+        return SiloSettings.from_config(cfg, name)
+    return _deployed(cfg, name, node_config)
+
+
+def _deployed(cfg: DictConfig, name: str, node_config: dict) -> SiloSettings:
+    """A deployed silo: its policy and state folder from its own node config, never the run's."""
+    silo = active_silos(cfg).get(name)
+    if silo is not None and silo.get("policy") is not None:
+        raise PermissionError(
+            f"the run config (the operator's) sets silos.{name}.policy; a deployed provider's "
+            "policy is its own: set it in the policy file its node config names (policy=...)")
+    policy = (ProviderPolicy.from_file(str(node_config["policy"])) if "policy" in node_config
+              else ProviderPolicy.resolve())
+    state_dir = Path(str(node_config["state-dir"])) if "state-dir" in node_config else None
+    settings = SiloSettings.from_config(cfg, name, policy=policy, state_dir=state_dir)
+    if settings.role != "provider" and set(node_config) & NODE_OWN_KEYS:
+        raise KeyError(f"silo {name!r} is a {settings.role}: node config keys "
+                       f"{sorted(set(node_config) & NODE_OWN_KEYS)} are a provider's")
+    own_folder = "state-dir" in node_config or "output-dir" in node_config
+    if settings.role == "provider" and policy.query_budget is not None and not own_folder:
+        raise ValueError(
+            f"provider {name!r} has a query budget but no folder of its own to keep it in: its "
+            f"workdir comes from the operator's run.output_dir, which could move (and reset) it; "
+            "set state-dir (or output-dir) in its node config")
+    return settings
 
 
 def silo_name(cfg: DictConfig, node_config: dict) -> str:

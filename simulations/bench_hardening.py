@@ -5,9 +5,10 @@
 Serving cost: the querier's queries, mapped into the provider's space, go through the encrypted
 batched path (``crypto.head``) with each hardening option; it measures encrypted accuracy, agreement
 with the unhardened encrypted predictions, and encrypt + evaluate + decrypt (+ policy) ms per query.
-Options: the provider's noise (``serve.logit_noise``: enforced by the provider, a plaintext add),
+Options: the provider's noise (its policy's ``logit_noise``: enforced by the provider, a plaintext add),
 the querier's output policy (``serve.output_top_k``, ``serve.output_decimals``: applied after
-decryption, protects the querier's consumers only) and the query budget (bookkeeping only).
+decryption, protects the querier's consumers only) and the query budget (bookkeeping only: a
+locked, fsynced file write per request).
 
 Extraction: a querier that chooses its inputs recovers a linear head ``V, c`` by least squares on
 the logits it decrypts. For query budgets B and noise levels it fits ``V, c`` from B noisy logit
@@ -28,6 +29,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,10 +121,9 @@ def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0
     for _ in range(reps):
         start = time.perf_counter()
         blobs = encrypt_queries(querier, task.Z, path="batched", n_classes=k)
-        if budget is not None:
-            from flwr.app import RecordDict
-
-            QueryBudget(RecordDict(), budget).charge("querier", n)
+        if budget is not None:  # the provider's on-disk count: a locked, fsynced write
+            with tempfile.TemporaryDirectory() as state_dir:
+                QueryBudget(state_dir, budget).charge("querier", n)
         out = head.evaluate(provider, blobs, path="batched", n=n, noise_std=noise)
         logits = decrypt_logits(querier, out, path="batched", n=n, n_classes=k)
         if policy is not None:

@@ -114,10 +114,11 @@ def check_silos(cfg) -> None:
         print("\n" + "!" * 78 + "\nWARNING: he.allow_insecure=true and these CKKS parameters are "
               "BELOW 128-bit\nsecurity (HE Standard). For experiments only: never serve real data "
               "with them.\n" + "!" * 78 + "\n", file=sys.stderr)
-    if int(cfg.serve.batch_size) > settings[0].serve.max_request_queries:
-        raise ValueError(f"serve.batch_size={cfg.serve.batch_size} exceeds "
-                         f"serve.max_request_queries={settings[0].serve.max_request_queries}: "
-                         "the providers would refuse every batch")
+    for s in settings:
+        if s.role == "provider" and int(cfg.serve.batch_size) > s.policy.max_request_queries:
+            raise ValueError(f"serve.batch_size={cfg.serve.batch_size} exceeds provider {s.name!r}'s "
+                             f"max_request_queries={s.policy.max_request_queries} (its policy): "
+                             "it would refuse every batch")
     roles = {s.name: s.role for s in settings}
     for querier, provider in parse_pairs(cfg.pairs) or []:
         if roles.get(querier) != "querier" or roles.get(provider) != "provider":

@@ -210,7 +210,9 @@ class SecureAlignmentStrategy:
             "val": cross.get("val", []), "y_sq_sum_val": cross.get("y_sq_sum_val", 0.0)},
             ledger, "align")
         products = []
-        if "rows" in select:
+        # The cosine round is optional: asked only of a provider whose policy allows it (the
+        # provider refuses it otherwise), else the held-out cosine is NaN.
+        if "rows" in select and provider.info.get("allow_cosine", False):
             products = self._ask(grid, provider, Action.COSINE_PRODUCTS, {
                 "querier": querier.name, "d_in": upload["d_in"], "rows": select["rows"]},
                 ledger, "align")["products"]

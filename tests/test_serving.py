@@ -1,5 +1,6 @@
-"""The provider's serving limits (budget, request size, noise) and the querier's output policy,
-on the silo objects themselves (no Flower): every refusal is a typed error and leaves the state."""
+"""The provider's serving limits (budget, request size, noise: its own policy) and the querier's
+output policy, on the silo objects themselves (no Flower): every refusal is a typed error and
+leaves the state and the budget as they were."""
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from crypto import (
     encrypt_queries,
     query_capacity,
 )
-from silos.budget import QueryBudget, QueryBudgetExceeded
+from silos.budget import BUDGET_FILE, QueryBudget, QueryBudgetExceeded
 from silos.output_policy import OutputPolicy
 from silos.provider import Provider
 from silos.settings import SiloSettings
@@ -44,6 +45,10 @@ def provider(tmp_path, *overrides: str) -> Provider:
     return Provider(SiloSettings.from_config(cfg, "bob"), state)
 
 
+def budget_file(bob: Provider):
+    return bob.settings.state_dir / BUDGET_FILE
+
+
 def evaluate_request(kit, Z, *, path="batched", with_context=True, **extra) -> ConfigRecord:
     steps = SinglePlan(D, K, kit.slots).rotation_steps if path == "single" else []
     request = {"querier": "alice", "path": path, "n": len(Z),
@@ -64,19 +69,18 @@ def test_query_capacity_counts_what_the_ciphertexts_can_carry():
         query_capacity("other", 3, 4096)
 
 
-def test_the_budget_refuses_once_exhausted_and_only_counts_answered_requests():
-    state = RecordDict()
-    budget = QueryBudget(state, limit=10)
+def test_the_budget_refuses_once_exhausted_and_only_counts_answered_requests(tmp_path):
+    budget = QueryBudget(tmp_path, limit=10)
     assert budget.charge("alice", 4) == 6
     assert budget.charge("alice", 6) == 0
     with pytest.raises(QueryBudgetExceeded, match="used 10 of its 10"):
         budget.charge("alice", 1)
     assert budget.used("alice") == 10 and budget.charge("dave", 10) == 0  # per querier
-    assert QueryBudget(RecordDict(), limit=None).charge("alice", 10**9) == -1
+    assert QueryBudget(tmp_path / "other", limit=None).charge("alice", 10**9) == -1
 
 
 def test_provider_budget_refuses_the_request_that_would_exceed_it(tmp_path, querier):
-    bob = provider(tmp_path, "serve.query_budget=4100")  # one batched group: 4096 slots
+    bob = provider(tmp_path, "silos.bob.policy.query_budget=4100")  # one batched group: 4096 slots
     Z = np.random.default_rng(1).uniform(-1, 1, (5, D))
     reply = bob.evaluate(evaluate_request(querier, Z))
     assert reply["charged"] == 4096 and reply["budget_left"] == 4
@@ -87,7 +91,7 @@ def test_provider_budget_refuses_the_request_that_would_exceed_it(tmp_path, quer
 
 
 def test_provider_refuses_oversized_and_miscounted_requests_before_reading_them(tmp_path, querier):
-    bob = provider(tmp_path, "serve.max_request_queries=10")
+    bob = provider(tmp_path, "silos.bob.policy.max_request_queries=10")
     Z = np.zeros((3, D))
     with pytest.raises(ValueError, match="max_request_queries"):
         bob.evaluate(evaluate_request(querier, Z, n=11))
@@ -99,7 +103,7 @@ def test_provider_refuses_oversized_and_miscounted_requests_before_reading_them(
         bob.evaluate(evaluate_request(querier, Z, ciphertexts=wrong_dim))
     with pytest.raises(ValueError, match="at least one query"):
         bob.evaluate(evaluate_request(querier, Z, n=0))
-    assert "provider.budget" not in bob.state  # nothing was charged
+    assert not budget_file(bob).exists()  # nothing was charged
 
 
 def test_provider_refuses_foreign_and_corrupt_ciphertexts(tmp_path, querier):
@@ -117,7 +121,7 @@ def test_provider_refuses_foreign_and_corrupt_ciphertexts(tmp_path, querier):
     for name, blobs in cases.items():
         with pytest.raises(CiphertextError, match="another key" if name == "another key" else None):
             bob.evaluate(evaluate_request(querier, Z, ciphertexts=blobs))
-        assert "provider.budget" not in bob.state, name
+        assert not budget_file(bob).exists(), name
     with pytest.raises(InsecureParametersError):
         bob.evaluate(evaluate_request(querier, Z, context=b"\x05junk"))
     with pytest.raises(LookupError, match="no public context from querier 'eve'"):
@@ -129,7 +133,7 @@ def test_noise_is_added_by_the_provider_with_the_configured_spread(tmp_path, que
     coef, intercept = head_arrays()
     exact = Z @ coef + intercept
     for std in (0.0, 0.5):
-        bob = provider(tmp_path, f"serve.logit_noise={std}")
+        bob = provider(tmp_path, f"silos.bob.policy.logit_noise={std}")
         out = bob.evaluate(evaluate_request(querier, Z))
         logits = decrypt_logits(querier, list(out["ciphertexts"]), path="batched", n=len(Z),
                                 n_classes=K)
@@ -170,11 +174,11 @@ def test_output_policy_keeps_the_top_k_rounded():
         OutputPolicy(top_k=-1)
 
 
-def test_serve_policy_is_checked_at_the_edge():
-    with pytest.raises(ValueError, match="logit_noise"):
-        SiloSettings.from_config(load_config(["serve.logit_noise=-1"]), "bob")
-    with pytest.raises(ValueError, match="query_budget"):
-        SiloSettings.from_config(load_config(["serve.query_budget=-5"]), "bob")
+def test_the_provider_policy_is_checked_at_the_edge():
+    with pytest.raises(ValueError, match=r"silos\.bob\.policy: logit_noise"):
+        SiloSettings.from_config(load_config(["silos.bob.policy.logit_noise=-1"]), "bob")
+    with pytest.raises(ValueError, match=r"silos\.bob\.policy: query_budget"):
+        SiloSettings.from_config(load_config(["silos.bob.policy.query_budget=-5"]), "bob")
 
 
 def test_the_querier_refuses_logits_computed_for_another_key(querier):

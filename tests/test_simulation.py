@@ -57,6 +57,10 @@ def tiny_run(tmp_path_factory):
         *tiny_overrides(root, n_texts=320, n_public=120, n_private=120, n_query=70),
         "silos.carol.pooling=last",
         "serve.batch_size=32",  # several batches per pair
+        # The optional cosine round: asked by the querier, answered by a provider whose own
+        # policy allows it.
+        "alignment.cosine=true",
+        "silos.bob.policy.allow_cosine=true", "silos.carol.policy.allow_cosine=true",
         f"dataset.ood={write_ood_corpus(root / 'ood.csv', 40)}", "dataset.n_ood=30",
     ]
     log: list[tuple[str, Message]] = []
@@ -79,7 +83,8 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
         assert pair["map_relative_error"] <= 1e-4
         # Fit quality measured under encryption equals the plaintext computation.
         assert pair["r2"] == pytest.approx(pair["plaintext_r2"], abs=1e-5)
-        assert math.isnan(pair["cosine"])  # the optional cosine round is off by default
+        # The optional cosine round (off by default) is on here: both sides' flags are set.
+        assert pair["cosine"] == pytest.approx(pair["plaintext_cosine"], abs=1e-5)
         assert pair["n_queries"] == 100 and pair["latency_ms_per_query"] > 0
         assert pair["bytes_per_query"] > 0 and pair["context_bytes"] > 0
         assert 0.0 <= pair["native_accuracy"] <= 1.0
@@ -355,7 +360,9 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
 
     out = tmp_path / "out"
     overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=20),
-                 "silos.carol=null", "serve.query_budget=40", "serve.max_request_queries=64"]
+                 "silos.carol=null", "silos.bob.policy.query_budget=40",
+                 "silos.bob.policy.max_request_queries=64",
+                 "alignment.cosine=true"]  # alice asks for the cosine round; bob's policy refuses it
     simulate(app, client_app, num_silos=2, overrides=overrides)
     assert "LookupError" in errors["evaluate before prepare"]
     assert "PermissionError" in errors["querier action at a provider"]
@@ -364,6 +371,9 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert [p["status"] for p in run["pairs"]] == ["ok"]
     assert run["pairs"][0]["queries_charged"] == 20
+    # bob's policy does not allow the cosine round: the coordinator does not ask it, the pair is
+    # fine without it.
+    assert math.isnan(run["pairs"][0]["cosine"]) and not math.isnan(run["pairs"][0]["r2"])
     expected = {
         "truncated ciphertext": "CiphertextError",
         "bit-flipped ciphertext": "checksum mismatch",
