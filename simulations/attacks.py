@@ -1,0 +1,412 @@
+"""Attacks a semi-honest querier runs on the provider's replies, to show what each protection stops.
+
+The querier keeps its secret key and every ciphertext it made (so it knows their ``c1`` halves and
+their noise exactly) and decrypts every slot of every reply. Against an unprotected reply:
+
+- **c1 solve** (batched path, one request of one query): the reply's ``c1`` is, pointwise in NTT
+  form mod a prime, Σ_j w_jk·a_j with a_j the querier's own ``c1`` and w_jk = round(V[j,k]·Δ_w)
+  integers: d NTT points solve for them exactly (a few more check the solution).
+- **noise solve** (batched path, the all-zero query): each query ciphertext then decrypts to its
+  pure noise e_j, which the querier knows; the reply decrypts to Σ_j w_jk·e_j + (c-term) (+ a fresh
+  encryption's noise if re-randomised): least squares over the N-1 non-constant coefficients.
+- **slot solve** (single path): with the fold stopped at the period, the slots hold partial sums
+  of V[i,k]·z[i]; least squares over all slots of a few queries gives V.
+- **cross-product solve** (fitting): with several feature blocks per ciphertext, the slots of
+  Enc(X̃)ᵀY hold partial sums across texts, linear in Y with known coefficients from X̃.
+- **logits baseline**: least squares on the decrypted logits alone, what any querier can do
+  (d+1 queries for a full copy without noise).
+
+Each attack sees only what the querier sees: its own kit, the bytes it sent and the bytes it got
+back from ``serve`` (the provider, a callable). It returns its estimate and whether its own check
+passed (it knows when a solve failed). ``crypto.privacy`` is what makes them fail.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, SinglePlan, encrypt_queries
+from crypto.privacy import CircuitPrivacy
+from crypto.serialization import memfile, seal_version
+
+Serve = Callable[[list[bytes]], list[bytes]]
+
+# Named protection settings of the provider's replies (crypto.privacy): each single step alone,
+# none, or all of them (the protocol's default).
+PROTECTIONS = {
+    "off": {"bits": 0, "rerandomize": False, "rescale": False},
+    "flood": {"bits": 40, "rerandomize": False, "rescale": False},
+    "rerandomize": {"bits": 0, "rerandomize": True, "rescale": False},
+    "rescale": {"bits": 0, "rerandomize": False, "rescale": True},
+    "default": {"bits": 40, "rerandomize": True, "rescale": True},
+}
+
+
+def protection(kit: CkksKit, name: str, rng: np.random.Generator | None = None) -> CircuitPrivacy:
+    """The provider's CircuitPrivacy for a named setting (see PROTECTIONS)."""
+    if name not in PROTECTIONS:
+        raise ValueError(f"unknown protection {name!r}; expected one of {sorted(PROTECTIONS)}")
+    return CircuitPrivacy(kit, rng=rng, **PROTECTIONS[name])
+
+
+@dataclass
+class Recovered:
+    """An attacker's estimate: the head (V, c) or, for the fitting, Y in ``coef``.
+
+    ``consistent`` is the attacker's own verdict (check equations hold, residual small): it knows
+    without the truth whether its solve worked."""
+
+    coef: np.ndarray
+    intercept: np.ndarray | None
+    queries: int
+    consistent: bool
+
+    def max_error(self, coef: np.ndarray, intercept: np.ndarray | None = None) -> float:
+        """Largest absolute error against the truth (coefficients, and intercept if given)."""
+        err = float(np.abs(self.coef - coef).max())
+        if intercept is not None and self.intercept is not None:
+            err = max(err, float(np.abs(self.intercept - intercept).max()))
+        return err
+
+    def agreement(self, head: EncryptedLinearHead, Z: np.ndarray) -> float:
+        """Share of the queries Z on which the copy's argmax equals the head's."""
+        c = np.zeros(head.n_classes) if self.intercept is None else self.intercept
+        return float(((Z @ self.coef + c).argmax(1) == (Z @ head.coef + head.intercept).argmax(1))
+                     .mean())
+
+
+# -- the querier's raw view of ciphertexts ----------------------------------------------------------
+def residues(ct: seal.Ciphertext) -> np.ndarray:
+    """(parts, primes, N) uint64: a ciphertext's coefficients as SEAL stores them (NTT form)."""
+    arr = ct.dyn_array()
+    size = arr.size()
+    flat = np.fromiter((arr.at(i) for i in range(size)), np.uint64, count=size)
+    return flat.reshape(ct.size(), ct.coeff_modulus_size(), ct.poly_modulus_degree())
+
+
+def primes(kit: CkksKit, ct: seal.Ciphertext) -> list[int]:
+    return [m.value() for m in kit.context.get_context_data(ct.parms_id()).parms().coeff_modulus()]
+
+
+def raw_decryption(kit: CkksKit, ct: seal.Ciphertext) -> np.ndarray:
+    """(primes, N) uint64: c0 + c1·s in NTT form, before any decoding (the querier's secret key)."""
+    plain = seal.Plaintext()
+    seal.Decryptor(kit.context, kit._secret_key).decrypt(ct, plain)
+    arr = plain.dyn_array()
+    flat = np.fromiter((arr.at(i) for i in range(arr.size())), np.uint64, count=arr.size())
+    return flat.reshape(ct.coeff_modulus_size(), ct.poly_modulus_degree())
+
+
+def _header(payload: int) -> bytes:
+    return struct.pack("<HBBBBHQ", 0xA15E, 16, *seal_version(), 0, 0, 16 + payload)
+
+
+def to_coefficients(kit: CkksKit, ntt: np.ndarray, level) -> np.ndarray:
+    """(primes, N) NTT-form residues to coefficient form, by SEAL's own inverse NTT.
+
+    sealapi transforms only ciphertexts and cannot write coefficients, so the residues become the
+    c0 of an NTT-form ciphertext assembled in SEAL's uncompressed serialisation (c1 = 1)."""
+    n_primes, n = ntt.shape
+    data = np.ones((2, n_primes, n), dtype=np.uint64)
+    data[0] = ntt
+    array = struct.pack("<Q", data.size) + data.tobytes()
+    members = (struct.pack("<4Q", *level) + b"\x01"
+               + struct.pack("<QQQdQ", 2, n, n_primes, 2.0**20, 1) + _header(len(array)) + array)
+    body = _header(len(members)) + members
+    file = memfile()
+    os.ftruncate(file.fd, 0)
+    os.pwrite(file.fd, body, 0)
+    ct = seal.Ciphertext()
+    ct.load(kit.context, file.path)
+    kit.evaluator.transform_from_ntt_inplace(ct)
+    return residues(ct)[0]
+
+
+def centred(x: np.ndarray, prime: int) -> np.ndarray:
+    """Residues mod ``prime`` (< 2^62) as signed integers in (-prime/2, prime/2]."""
+    x = x.astype(np.int64)
+    return np.where(x > prime // 2, x - np.int64(prime), x)
+
+
+def solve_mod(A: np.ndarray, B: np.ndarray, prime: int) -> np.ndarray:
+    """X with A X = B (mod prime), A square (object arrays of Python ints); ValueError if singular."""
+    n = A.shape[0]
+    M = np.concatenate([A, B], axis=1).astype(object) % prime
+    for i in range(n):
+        nonzero = np.nonzero(M[i:, i] != 0)[0]
+        if not len(nonzero):
+            raise ValueError("singular system")
+        r = i + int(nonzero[0])
+        if r != i:
+            M[[i, r]] = M[[r, i]]
+        M[i] = M[i] * pow(int(M[i, i]), -1, prime) % prime
+        if i + 1 < n:
+            M[i + 1 :] = (M[i + 1 :] - np.outer(M[i + 1 :, i], M[i])) % prime
+    for i in range(n - 1, 0, -1):  # back substitution: clear column i above the diagonal
+        M[:i] = (M[:i] - np.outer(M[:i, i], M[i])) % prime
+    return M[:, n:]
+
+
+def _intercept(kit: CkksKit, reply: list[seal.Ciphertext], Z: np.ndarray,
+               coef: np.ndarray) -> np.ndarray:
+    """c from every decrypted slot of a batched reply: slot s holds Z[s]·V + c (+ noise), Z[s] = 0
+    past the queries sent, so the mean over all slots of the residual averages the noise away."""
+    slots = np.zeros((kit.slots, coef.shape[0]))
+    slots[: len(Z)] = Z
+    return np.array([float((kit.decrypt(ct) - slots @ coef[:, k]).mean())
+                     for k, ct in enumerate(reply)])
+
+
+# -- (i) batched path -------------------------------------------------------------------------------
+def c1_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int, *,
+             z: np.ndarray | None = None, checks: int = 8,
+             rng: np.random.Generator | None = None) -> Recovered:
+    """One request of one query; V from the reply's c1 by linear algebra mod its first prime.
+
+    The query's d ciphertexts have c1 = a_j; an unprotected logit k has c1 = Σ_j w_jk·a_j with
+    w_jk the integer encodings of V[j,k] at the weight scale Δ_w = reply scale / query scale."""
+    rng = np.random.default_rng() if rng is None else rng
+    z = rng.uniform(-1, 1, n_features) if z is None else np.asarray(z, np.float64)
+    Z = z.reshape(1, n_features)
+    blobs = encrypt_queries(querier, Z, path="batched", n_classes=n_classes)
+    sent = querier.load_many(blobs)
+    reply = querier.load_many(serve(blobs))
+    p = primes(querier, reply[0])[0]  # the reply's first prime: also the queries' first
+    a = np.stack([residues(ct)[1, 0] for ct in sent], axis=1).astype(object)  # (N, d)
+    b = np.stack([residues(ct)[1, 0] for ct in reply], axis=1).astype(object)  # (N, K)
+    points = np.arange(n_features + checks)
+    try:
+        w = solve_mod(a[points[:n_features]], b[points[:n_features]], p)
+        ok = bool(np.all((a[points[n_features:]].dot(w) - b[points[n_features:]]) % p == 0))
+    except ValueError:
+        w, ok = np.zeros((n_features, n_classes), dtype=object), False
+    signed = np.vectorize(lambda x: int(x) - p if int(x) > p // 2 else int(x), otypes=[float])(w)
+    coef = signed * (sent[0].scale / reply[0].scale)
+    return Recovered(coef, _intercept(querier, reply, Z, coef), 1, ok)
+
+
+def noise_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int) -> Recovered:
+    """One request of the all-zero query; V from the noise of the reply's decryption.
+
+    Each query ciphertext decrypts to its own noise e_j (the zero query encodes to the zero
+    polynomial); the reply decrypts to Σ_j w_jk·e_j plus the c-term at coefficient 0 and whatever
+    fresh noise re-randomisation adds: least squares over coefficients 1..N-1, mod the reply's
+    first prime, centred. A flooded or rescaled reply leaves nothing of Σ w·e to fit."""
+    Z = np.zeros((1, n_features))
+    blobs = encrypt_queries(querier, Z, path="batched", n_classes=n_classes)
+    sent = querier.load_many(blobs)
+    reply = querier.load_many(serve(blobs))
+    p = primes(querier, reply[0])[0]
+
+    def noise(ct: seal.Ciphertext) -> np.ndarray:
+        return centred(to_coefficients(querier, raw_decryption(querier, ct), ct.parms_id())[0], p)
+
+    E = np.stack([noise(ct) for ct in sent], axis=1).astype(np.float64)[1:]  # (N-1, d)
+    D = np.stack([noise(ct) for ct in reply], axis=1).astype(np.float64)[1:]  # (N-1, K)
+    beta, *_ = np.linalg.lstsq(E, D, rcond=None)
+    residual = np.sqrt(((E @ beta - D) ** 2).mean())
+    ok = bool(residual < 1e-3 * max(np.sqrt((D**2).mean()), 1.0))
+    coef = beta * (sent[0].scale / reply[0].scale)
+    return Recovered(coef, _intercept(querier, reply, Z, coef), 1, ok)
+
+
+# -- (ii) single path -------------------------------------------------------------------------------
+def _fold_groups(slots: int, support: int, strides: list[int],
+                 bias_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slots that hold the same linear function of the pre-fold vector (support ``support``) and
+    the same bias: (0/1 matrix of one representative per group over the support, group of each
+    slot, representative slot of each group). The fold's structure is public, so the querier
+    computes it once and averages the slots of a group."""
+    F = np.zeros((slots, support), dtype=np.int8)
+    F[np.arange(support), np.arange(support)] = 1
+    for stride in strides:
+        F = F + np.roll(F, -stride, axis=0)
+    keys = np.concatenate([F, bias_class[:, None].astype(np.int8)], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return F[first], inverse.ravel(), first
+
+
+class SlotModel:
+    """The single path's slots as linear functions of (V, c), for a known query z.
+
+    Mirrors crypto.head: y'[j] = Σ_{t<K'} V[(j+t) mod P, j mod K']·z[(j+t) mod P] on period 0,
+    folded over strides ``plan.fold_strides``, plus the bias (c in slots k < K, or in every slot
+    ≡ k mod K' when the fold is complete). Unknowns: V row-major (d·K), then c (K)."""
+
+    def __init__(self, plan: SinglePlan) -> None:
+        if plan.n_chunks != 1:
+            raise ValueError("the slot model covers one chunk (d <= slots)")
+        self.plan = plan
+        d, K, P, Kp, S = plan.n_features, plan.n_classes, plan.period, plan.k_pad, plan.slots
+        s = np.arange(S)
+        bias = np.where(s % Kp < K, s % Kp, -1) if plan.complete_fold else np.where(s < K, s, -1)
+        self.fold, self.group, first = _fold_groups(S, P, plan.fold_strides, bias)
+        self.bias = np.zeros((len(first), K))
+        rep_bias = bias[first]
+        self.bias[rep_bias >= 0, rep_bias[rep_bias >= 0]] = 1.0
+        self.counts = np.bincount(self.group, minlength=len(first)).astype(np.float64)
+        j = np.arange(P)
+        self._pairs = []  # (slot j, feature i, class k) of every product in y'
+        for t in range(Kp):
+            i, k = (j + t) % P, j % Kp
+            keep = (i < d) & (k < K)
+            self._pairs.append((j[keep], i[keep], k[keep]))
+        self.useful = (np.abs(self.fold).sum(1) + self.bias.sum(1)) > 0
+
+    @property
+    def n_unknowns(self) -> int:
+        return self.plan.n_features * self.plan.n_classes + self.plan.n_classes
+
+    def design(self, z: np.ndarray) -> np.ndarray:
+        """(groups, d·K + K): each slot group's value as a linear function of the unknowns."""
+        d, K, P = self.plan.n_features, self.plan.n_classes, self.plan.period
+        pre = np.zeros((P, d * K))
+        for j, i, k in self._pairs:
+            pre[j, i * K + k] += z[i]
+        return np.concatenate([self.fold @ pre, self.bias], axis=1)
+
+    def observe(self, slots: np.ndarray) -> np.ndarray:
+        """Mean decrypted value of each slot group."""
+        return np.bincount(self.group, weights=slots, minlength=len(self.counts)) / self.counts
+
+
+def single_replies(querier: CkksKit, serve: Serve, Z: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, slots): every decrypted slot of the single-path replies to queries Z, one per request."""
+    out = []
+    for z in np.atleast_2d(Z):
+        blobs = encrypt_queries(querier, z[None, :], path="single", n_classes=n_classes)
+        (reply,) = serve(blobs)
+        out.append(querier.decrypt(querier.load(reply)))
+    return np.stack(out)
+
+
+def slot_solve(plan: SinglePlan, Z: np.ndarray, slots: np.ndarray,
+               model: SlotModel | None = None) -> Recovered:
+    """Least squares for (V, c) over every slot of the replies to queries Z (weighted by how many
+    slots repeat each value: the same fit as over all slots)."""
+    model = SlotModel(plan) if model is None else model
+    keep, w = model.useful, np.sqrt(model.counts[model.useful])
+    A = np.concatenate([model.design(z)[keep] * w[:, None] for z in Z])
+    y = np.concatenate([model.observe(s)[keep] * w for s in slots])
+    theta, _, rank, _ = np.linalg.lstsq(A, y, rcond=None)
+    d, K = plan.n_features, plan.n_classes
+    ok = bool(rank == model.n_unknowns)
+    return Recovered(theta[: d * K].reshape(d, K), theta[d * K :], len(Z), ok)
+
+
+# -- (iii) fitting ----------------------------------------------------------------------------------
+class CrossProductModel:
+    """The slots of Enc(X̃)ᵀY as linear functions of Y, for the querier's own X̃.
+
+    Mirrors crypto.fitting: y'[s] = Σ_{t<r} x[s+t]·diag_t[s mod T] with diag_t[j] = Y[text at slot
+    j+t, offset + j mod r] inside each block, summed over text chunks, folded over strides T/2 … r
+    (across the whole ciphertext). Unknowns per part: its r columns of Y, row-major (text, column).
+    """
+
+    def __init__(self, packing: CrossProductPacking) -> None:
+        self.packing = packing
+        S, T = packing.slots, packing.block
+        self.groups = []  # per part: (fold of one slot per group, group of each slot, counts)
+        for r in packing.parts:
+            strides = [T >> k for k in range(1, int(np.log2(T // r)) + 1)]
+            fold, group, first = _fold_groups(S, S, strides, np.zeros(S, dtype=int))
+            self.groups.append((strides, fold, group, first,
+                                np.bincount(group, minlength=len(first)).astype(np.float64)))
+
+    def unfolded(self, X: np.ndarray, group: int, part: int) -> np.ndarray:
+        """(slots, n·r): y' of reply (feature group, part) before the fold."""
+        packing = self.packing
+        T, F, R, S = packing.block, packing.features_per_ct, packing.part_cap, packing.slots
+        r = packing.parts[part]
+        out = np.zeros((S, packing.n * r))
+        j = np.arange(T)
+        for tc in range(packing.n_text_chunks):
+            lo = tc * packing.texts_per_block
+            count = min(packing.texts_per_block, packing.n - lo)
+            for t in range(r):
+                x = j + t
+                keep = (x < T) & (x >= R) & (x < R + count)
+                jj, texts = j[keep], lo + x[keep] - R
+                for m in range(F):
+                    feature = group * F + m
+                    if feature >= packing.d_in:
+                        break
+                    out[m * T + jj, texts * r + jj % r] += X[texts, feature]
+        return out
+
+    def design(self, X: np.ndarray, group: int, part: int) -> np.ndarray:
+        """(slot groups, n·r): one row per set of slots that hold the same sum."""
+        strides, fold, _, first, _ = self.groups[part]
+        pre = self.unfolded(X, group, part)
+        if len(first) <= 256:  # few distinct slots (one block): their sums directly
+            return fold @ pre
+        for stride in strides:  # many: fold the whole design, keep one slot per group
+            pre = pre + np.roll(pre, -stride, axis=0)
+        return pre[first]
+
+    def observe(self, slots: np.ndarray, part: int) -> np.ndarray:
+        """Mean decrypted value of each slot group (averages the reply's flooding)."""
+        _, _, group, _, counts = self.groups[part]
+        return np.bincount(group, weights=slots, minlength=len(counts)) / counts
+
+
+def cross_product_solve(querier: CkksKit, packing: CrossProductPacking, X: np.ndarray,
+                        replies: list[bytes], model: CrossProductModel | None = None) -> Recovered:
+    """Y (n × d_out) by least squares over every slot of Enc(X̃)ᵀY, part by part.
+
+    With one block per ciphertext the slots hold X̃ᵀY only (d_in equations per column of Y): the
+    minimum-norm solution is then all there is, as from the result itself."""
+    model = CrossProductModel(packing) if model is None else model
+    parts = packing.parts
+    decrypted = [querier.decrypt(ct) for ct in querier.load_many(replies)]
+    Y = np.zeros((packing.n, packing.d_out))
+    ok, offset = True, 0
+    for p, r in enumerate(parts):
+        counts = model.groups[p][4]
+        rows, values = [], []
+        for g in range(packing.n_feature_groups):
+            A = model.design(X, g, p)
+            keep = np.abs(A).sum(1) > 0  # slots that hold nothing of Y
+            w = np.sqrt(counts[keep])
+            rows.append(A[keep] * w[:, None])
+            values.append(model.observe(decrypted[g * len(parts) + p], p)[keep] * w)
+        theta, _, rank, _ = np.linalg.lstsq(np.concatenate(rows), np.concatenate(values), rcond=None)
+        ok = ok and bool(rank == packing.n * r)
+        Y[:, offset : offset + r] = theta.reshape(packing.n, r)
+        offset += r
+    return Recovered(Y, None, packing.n, ok)
+
+
+# -- (iv) baseline ----------------------------------------------------------------------------------
+def logits_baseline(Z: np.ndarray, logits: np.ndarray) -> Recovered:
+    """(V, c) by least squares on decrypted logits alone (minimum norm below d+1 queries)."""
+    Z = np.atleast_2d(Z)
+    A = np.concatenate([Z, np.ones((len(Z), 1))], axis=1)
+    theta, *_ = np.linalg.lstsq(A, logits, rcond=None)
+    return Recovered(theta[:-1], theta[-1], len(Z), bool(len(Z) >= Z.shape[1] + 1))
+
+
+# -- the provider, as the attacks see it ------------------------------------------------------------
+def batched_server(head: EncryptedLinearHead, kit: CkksKit, privacy: CircuitPrivacy, *,
+                   n: int = 1, noise_std: float = 0.0,
+                   rng: np.random.Generator | None = None) -> Serve:
+    """The provider's batched path for requests of ``n`` queries."""
+    return lambda blobs: head.evaluate(kit, blobs, path="batched", n=n, noise_std=noise_std,
+                                       rng=rng, privacy=privacy)
+
+
+def single_server(head: EncryptedLinearHead, kit: CkksKit, privacy: CircuitPrivacy, *,
+                  complete_fold: bool = True, noise_std: float = 0.0,
+                  rng: np.random.Generator | None = None) -> Serve:
+    """The provider's single path for one query per request, with the chosen fold."""
+    def serve(blobs: list[bytes]) -> list[bytes]:
+        ct = head.evaluate_single(kit, kit.load_many(blobs), noise_std=noise_std, rng=rng,
+                                  privacy=privacy, complete_fold=complete_fold)
+        return [kit.dump(ct)]
+    return serve
