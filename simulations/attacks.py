@@ -32,7 +32,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, SinglePlan, encrypt_queries
-from crypto.privacy import CircuitPrivacy
+from crypto.privacy import CircuitPrivacy, coefficient_ciphertexts
 from crypto.serialization import memfile, seal_version
 
 Serve = Callable[[list[bytes]], list[bytes]]
@@ -153,12 +153,12 @@ def solve_mod(A: np.ndarray, B: np.ndarray, prime: int) -> np.ndarray:
     return M[:, n:]
 
 
-def _intercept(kit: CkksKit, reply: list[seal.Ciphertext], Z: np.ndarray,
+def _intercept(kit: CkksKit, reply: list[seal.Ciphertext], sent: list[seal.Ciphertext],
                coef: np.ndarray) -> np.ndarray:
-    """c from every decrypted slot of a batched reply: slot s holds Z[s]·V + c (+ noise), Z[s] = 0
-    past the queries sent, so the mean over all slots of the residual averages the noise away."""
-    slots = np.zeros((kit.slots, coef.shape[0]))
-    slots[: len(Z)] = Z
+    """c from every decrypted slot of a batched reply: slot s holds z_s·V + c (+ noise), z_s what
+    the querier's ciphertexts decrypt to there (zero past the queries sent), so the mean over all
+    slots of the residual averages the noise away."""
+    slots = np.stack([kit.decrypt(ct) for ct in sent], axis=1)
     return np.array([float((kit.decrypt(ct) - slots @ coef[:, k]).mean())
                      for k, ct in enumerate(reply)])
 
@@ -188,7 +188,7 @@ def c1_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int, *,
         w, ok = np.zeros((n_features, n_classes), dtype=object), False
     signed = np.vectorize(lambda x: int(x) - p if int(x) > p // 2 else int(x), otypes=[float])(w)
     coef = signed * (sent[0].scale / reply[0].scale)
-    return Recovered(coef, _intercept(querier, reply, Z, coef), 1, ok)
+    return Recovered(coef, _intercept(querier, reply, sent, coef), 1, ok)
 
 
 def noise_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int) -> Recovered:
@@ -213,7 +213,51 @@ def noise_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int)
     residual = np.sqrt(((E @ beta - D) ** 2).mean())
     ok = bool(residual < 1e-3 * max(np.sqrt((D**2).mean()), 1.0))
     coef = beta * (sent[0].scale / reply[0].scale)
-    return Recovered(coef, _intercept(querier, reply, Z, coef), 1, ok)
+    return Recovered(coef, _intercept(querier, reply, sent, coef), 1, ok)
+
+
+def integer_coefficients(kit: CkksKit, ct: seal.Ciphertext) -> np.ndarray:
+    """(N,) float64: a ciphertext's decryption as centred integers mod its whole modulus (CRT over
+    its primes, exact in Python ints, then rounded to float: for values beyond one prime)."""
+    ps = primes(kit, ct)
+    coeffs = to_coefficients(kit, raw_decryption(kit, ct), ct.parms_id()).astype(object)
+    x, modulus = coeffs[0] % ps[0], ps[0]
+    for r, p in zip(coeffs[1:], ps[1:], strict=True):  # Garner: x ≡ r (mod p), keep x mod M·p
+        x = x + modulus * ((r - x) * pow(modulus, -1, p) % p)
+        modulus *= p
+    return np.array([float(v - modulus) if v > modulus // 2 else float(v) for v in x])
+
+
+def inflated_noise_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int, *,
+                         noise_bits: int = 80, rng: np.random.Generator | None = None) -> Recovered:
+    """A *malicious* querier (outside the semi-honest model): the noise solve with the all-zero
+    query whose ciphertexts carry noise E_j of ~2^noise_bits that it adds itself.
+
+    The provider floods with a bound computed from *honest* fresh noise (σ = 3.2): it cannot see a
+    ciphertext's noise, and E_j of 2^80 decodes, at the input scale 2^86, to slot values of ~1: a
+    request like any other. Σ_j w_jk·E_j then outgrows the flooding (and survives the
+    rescale and re-randomisation), and least squares on the reply's decryption gives V."""
+    rng = np.random.default_rng() if rng is None else rng
+    Z = np.zeros((1, n_features))
+    blobs = []
+    for ct in querier.load_many(encrypt_queries(querier, Z, path="batched", n_classes=n_classes)):
+        ps = primes(querier, ct)
+        E = [int(x) << max(0, noise_bits - 62)
+             for x in rng.integers(-2**61, 2**61, querier.params.poly_modulus_degree)]
+        res = np.array([[e % p for e in E] for p in ps], dtype=np.uint64)
+        plus, minus = coefficient_ciphertexts(querier, res, ct.parms_id(), ct.scale)
+        querier.evaluator.add_inplace(ct, plus)
+        querier.evaluator.sub_inplace(ct, minus)
+        blobs.append(querier.dump(ct))
+    sent = querier.load_many(blobs)
+    reply = querier.load_many(serve(blobs))
+    E = np.stack([integer_coefficients(querier, ct) for ct in sent], axis=1)[1:]
+    D = np.stack([integer_coefficients(querier, ct) for ct in reply], axis=1)[1:]
+    beta, *_ = np.linalg.lstsq(E, D, rcond=None)
+    residual = np.sqrt(((E @ beta - D) ** 2).mean())
+    ok = bool(residual < 1e-2 * max(np.sqrt((D**2).mean()), 1.0))
+    coef = beta * (sent[0].scale / reply[0].scale)
+    return Recovered(coef, _intercept(querier, reply, sent, coef), 1, ok)
 
 
 # -- (ii) single path -------------------------------------------------------------------------------

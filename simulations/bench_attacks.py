@@ -45,6 +45,7 @@ from simulations.attacks import (
     batched_server,
     c1_solve,
     cross_product_solve,
+    inflated_noise_solve,
     logits_baseline,
     noise_solve,
     protection,
@@ -55,6 +56,10 @@ from simulations.attacks import (
 
 COLUMNS = ["path", "attack", "protection", "logit_noise", "queries_needed", "max_queries",
            "agreement", "max_abs_error", "solve_consistent", "seconds", "note"]
+
+# The batched path's attacks; the last one is a malicious querier's (it inflates its own noise).
+ATTACKS = (("c1 solve", c1_solve), ("noise solve", noise_solve),
+           ("inflated-noise solve (malicious)", inflated_noise_solve))
 
 # The single path's and the fitting's settings: the layout that masks partial sums (complete fold,
 # one block) is part of the protection there, next to crypto.privacy.
@@ -118,7 +123,7 @@ class Bench:
         rows = []
         for noise in noises:
             for prot in protections:
-                for name, attack in (("c1 solve", c1_solve), ("noise solve", noise_solve)):
+                for name, attack in ATTACKS:
                     start = time.perf_counter()
                     serve = batched_server(self.head, self.batched,
                                            protection(self.batched, prot, self.rng),

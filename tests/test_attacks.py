@@ -26,6 +26,7 @@ from simulations.attacks import (
     batched_server,
     c1_solve,
     cross_product_solve,
+    inflated_noise_solve,
     logits_baseline,
     noise_solve,
     protection,
@@ -141,6 +142,17 @@ def test_logit_noise_does_not_stop_the_c1_solve(querier, batched_kit, head):
     assert result.consistent and result.max_error(head.coef) < 1e-6
     # c from the mean of 4096 noisy slots: 0.05 / 64 standard error
     assert np.abs(result.intercept - head.intercept).max() < 0.01
+
+
+def test_a_malicious_querier_inflating_its_noise_outgrows_the_flooding(querier, batched_kit, head):
+    """Outside the semi-honest model, and a limit of the protection as it stands: the flooding bound
+    assumes honest fresh noise, which the provider cannot check. A querier that adds noise of 2^80
+    to its own all-zero query (decoding to slot values of ~1, a request like any other) gets V
+    through the default protection."""
+    result = _attack(inflated_noise_solve, querier, batched_kit, head, CircuitPrivacy(batched_kit))
+    assert result.consistent and result.max_error(head.coef) < 1e-4
+    honest = _attack(noise_solve, querier, batched_kit, head, CircuitPrivacy(batched_kit))
+    assert not honest.consistent  # the same solve on honest noise fails
 
 
 # -- single path: slot solve ----------------------------------------------------------------------
