@@ -23,6 +23,7 @@ passed (it knows when a solve failed). ``crypto.privacy`` is what makes them fai
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Callable
@@ -44,6 +45,7 @@ PROTECTIONS = {
     "flood": {"bits": 40, "rerandomize": False, "rescale": False},
     "rerandomize": {"bits": 0, "rerandomize": True, "rescale": False},
     "rescale": {"bits": 0, "rerandomize": False, "rescale": True},
+    "flood+rescale": {"bits": 40, "rerandomize": False, "rescale": True},
     "default": {"bits": 40, "rerandomize": True, "rescale": True},
 }
 
@@ -188,6 +190,121 @@ def c1_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int, *,
         w, ok = np.zeros((n_features, n_classes), dtype=object), False
     signed = np.vectorize(lambda x: int(x) - p if int(x) > p // 2 else int(x), otypes=[float])(w)
     coef = signed * (sent[0].scale / reply[0].scale)
+    return Recovered(coef, _intercept(querier, reply, sent, coef), 1, ok)
+
+
+def lll(basis: list[list[int]], delta: tuple[int, int] = (99, 100)) -> list[list[int]]:
+    """LLL-reduced basis, in exact integers (Cohen, *A Course in Computational Algebraic Number
+    Theory*, Algorithm 2.6.7): pure Python, for the small lattices of :func:`c1_lattice_solve`."""
+    b = [[int(x) for x in row] for row in basis]
+    n = len(b)
+    num, den = delta
+    d = [1] + [0] * n  # d[i + 1]: Gram determinant of the first i + 1 vectors
+    lam = [[0] * n for _ in range(n)]
+
+    def dot(u: list[int], v: list[int]) -> int:
+        return sum(x * y for x, y in zip(u, v, strict=True))
+
+    def reduce(k: int, j: int) -> None:
+        if 2 * abs(lam[k][j]) > d[j + 1]:
+            r = (2 * lam[k][j] + d[j + 1]) // (2 * d[j + 1])
+            b[k] = [x - r * y for x, y in zip(b[k], b[j], strict=True)]
+            lam[k][j] -= r * d[j + 1]
+            for i in range(j):
+                lam[k][i] -= r * lam[j][i]
+
+    def swap(k: int, kmax: int) -> None:
+        b[k], b[k - 1] = b[k - 1], b[k]
+        for j in range(k - 1):
+            lam[k][j], lam[k - 1][j] = lam[k - 1][j], lam[k][j]
+        mu = lam[k][k - 1]
+        B = (d[k - 1] * d[k + 1] + mu * mu) // d[k]
+        for i in range(k + 1, kmax + 1):
+            t = lam[i][k]
+            lam[i][k] = (d[k + 1] * lam[i][k - 1] - mu * t) // d[k]
+            lam[i][k - 1] = (B * t + mu * lam[i][k]) // d[k + 1]
+        d[k] = B
+
+    d[1] = dot(b[0], b[0])
+    k, kmax = 1, 0
+    while k < n:
+        if k > kmax:
+            kmax = k
+            for j in range(k + 1):
+                u = dot(b[k], b[j])
+                for i in range(j):
+                    u = (d[i + 1] * u - lam[k][i] * lam[j][i]) // d[i]
+                if j < k:
+                    lam[k][j] = u
+                elif u == 0:
+                    raise ValueError("dependent basis vectors")
+                else:
+                    d[k + 1] = u
+        reduce(k, k - 1)
+        if den * d[k + 1] * d[k - 1] < num * d[k] ** 2 - den * lam[k][k - 1] ** 2:
+            swap(k, kmax)
+            k = max(1, k - 1)
+        else:
+            for j in range(k - 2, -1, -1):
+                reduce(k, j)
+            k += 1
+    return b
+
+
+def _crt(residues_per_prime: np.ndarray, ps: list[int]) -> list[int]:
+    """Integers in [0, Π ps) from their residues (primes, N), by Garner's formula."""
+    x, modulus = [int(v) for v in residues_per_prime[0]], ps[0]
+    for row, p in zip(residues_per_prime[1:], ps[1:], strict=True):
+        inv = pow(modulus, -1, p)
+        x = [v + modulus * ((int(r) - v) * inv % p) for v, r in zip(x, row, strict=True)]
+        modulus *= p
+    return x
+
+
+def c1_lattice_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int, *,
+                     equations: int | None = None,
+                     rng: np.random.Generator | None = None) -> Recovered:
+    """The c1 solve through the final rescale: rounding is no protection, re-randomisation is.
+
+    Without re-randomisation a rescaled reply's c1 is y = round(C / q_last) with C = Σ_j w_j·A_j
+    (mod Q) coefficient-wise (the weights are constants): every coefficient t gives
+    Σ_j w_j·A_j[t] - q_last·y_t ≡ r_t (mod Q) with |r_t| <= q_last/2, a hidden-number problem
+    whose short solution (λ·w, r, M) LLL finds in dimension d + m + 1 (pure Python: small d only;
+    d = 4 takes a second, 16 a few minutes). Checked on all N coefficients."""
+    rng = np.random.default_rng() if rng is None else rng
+    m = n_features + 4 if equations is None else equations
+    z = rng.uniform(-1, 1, (1, n_features))
+    blobs = encrypt_queries(querier, z, path="batched", n_classes=n_classes)
+    sent = querier.load_many(blobs)
+    reply = querier.load_many(serve(blobs))
+    q_ps, r_ps = primes(querier, sent[0]), primes(querier, reply[0])
+    Q, Pr = int(np.prod([int(p) for p in q_ps], dtype=object)), int(np.prod(
+        [int(p) for p in r_ps], dtype=object))
+    dropped = Q // Pr  # the primes the rescale divided by (1: not rescaled)
+    A = [_crt(to_coefficients(querier, residues(ct)[1], ct.parms_id()), q_ps) for ct in sent]
+    delta_w = reply[0].scale * dropped / sent[0].scale
+    weight = max(1, dropped // 2 // max(1, 2 ** math.ceil(math.log2(delta_w + 1))))
+    M = max(1, dropped // 2)
+    coef, ok = np.zeros((n_features, n_classes)), True
+    for k, ct in enumerate(reply):
+        y = _crt(to_coefficients(querier, residues(ct)[1], ct.parms_id()), r_ps)
+        basis = [[weight if i == j else 0 for i in range(n_features)]
+                 + [A[j][t] for t in range(m)] + [0] for j in range(n_features)]
+        basis += [[0] * n_features + [Q if i == t else 0 for i in range(m)] + [0]
+                  for t in range(m)]
+        basis.append([0] * n_features + [-dropped * y[t] % Q for t in range(m)] + [M])
+        w = None
+        for row in lll(basis):
+            if abs(row[-1]) == M and all(x % weight == 0 for x in row[:n_features]):
+                w = [x // weight * (1 if row[-1] == M else -1) for x in row[:n_features]]
+                break
+        if w is None:
+            ok = False
+            continue
+        worst = max(abs((sum(wj * a[t] for wj, a in zip(w, A, strict=True)) - dropped * y[t]
+                         + Q // 2) % Q - Q // 2) for t in range(len(y)))
+        ok = ok and worst <= dropped // 2 + 1
+        coef[:, k] = np.array(w, dtype=np.float64) / delta_w
     return Recovered(coef, _intercept(querier, reply, sent, coef), 1, ok)
 
 

@@ -24,12 +24,17 @@ from crypto.privacy import CircuitPrivacy, coefficient_ciphertexts
 from crypto.serialization import HEADER_BYTES
 from simulations.attacks import (
     batched_server,
+    c1_lattice_solve,
     c1_solve,
+    centred,
     cross_product_solve,
     inflated_noise_solve,
+    lll,
     logits_baseline,
     noise_solve,
+    primes,
     protection,
+    raw_decryption,
     residues,
     single_replies,
     single_server,
@@ -90,6 +95,20 @@ def test_to_coefficients_inverts_seals_ntt(querier):
     assert not np.array_equal(residues(ntt)[0], coeffs)
 
 
+def test_lll_finds_a_planted_short_vector():
+    rng = np.random.default_rng(6)
+    Q = 2**100 + 277
+    w = [int(x) for x in rng.integers(-1000, 1000, 3)]
+    A = [[int(x) for x in rng.integers(0, 2**62, 5)] for _ in range(3)]
+    target = [sum(w[j] * A[j][t] for j in range(3)) % Q for t in range(5)]
+    basis = [[1 if i == j else 0 for i in range(3)] + A[j] + [0] for j in range(3)]
+    basis += [[0] * 3 + [Q if i == t else 0 for i in range(5)] + [0] for t in range(5)]
+    basis.append([0] * 3 + [-x % Q for x in target] + [1])
+    reduced = lll(basis)
+    short = next(row for row in reduced if abs(row[-1]) == 1)
+    assert [x * short[-1] for x in short[:3]] == w and not any(short[3:-1])
+
+
 def test_solve_mod_solves_and_refuses_singular_systems():
     p = 1152921504606683137
     rng = np.random.default_rng(1)
@@ -134,6 +153,40 @@ def test_rerandomisation_alone_leaves_the_noise_solve(querier, batched_kit, head
     assert noise.consistent and noise.max_error(head.coef, head.intercept) < 1e-6
     c1 = _attack(c1_solve, querier, batched_kit, head, rerandomize)
     assert not c1.consistent and c1.max_error(head.coef) > np.abs(head.coef).max()
+
+
+def test_rescaling_does_not_stop_the_c1_solve_rerandomisation_does(querier, batched_kit):
+    """Flooding + rescale without re-randomisation: the rounded c1 still gives V, by lattice
+    reduction (a d=4 head: the pure-Python LLL is slow beyond d~8)."""
+    rng = np.random.default_rng(4)
+    small = EncryptedLinearHead(rng.normal(0, 0.3, (4, 2)), rng.normal(0, 1, 2))
+    no_rerandomize = CircuitPrivacy(batched_kit, bits=40, rerandomize=False, rescale=True)
+    serve = batched_server(small, batched_kit, no_rerandomize)
+    linear = c1_solve(querier, serve, 4, 2)
+    assert not linear.consistent  # the rounding defeats the linear solve ...
+    lattice = c1_lattice_solve(querier, serve, 4, 2)
+    assert lattice.consistent and lattice.max_error(small.coef, small.intercept) < 1e-6  # ... not LLL
+    protected = c1_lattice_solve(querier, batched_server(small, batched_kit,
+                                                         CircuitPrivacy(batched_kit)), 4, 2)
+    assert not protected.consistent and protected.max_error(small.coef) > 0.1
+
+
+def _zero_reply_noise(querier, kit, head, privacy) -> float:
+    """RMS of the non-constant coefficients of the reply's decryption to the all-zero query: its
+    noise, on the reply's last prime, in units of that prime."""
+    blobs = encrypt_queries(querier, np.zeros((1, D)), path="batched", n_classes=K)
+    ct = querier.load(head.evaluate(kit, blobs, path="batched", n=1, privacy=privacy)[0])
+    p = primes(querier, ct)[0]
+    noise = centred(to_coefficients(querier, raw_decryption(querier, ct), ct.parms_id())[0], p)
+    return float(np.sqrt((noise[1:].astype(np.float64) ** 2).mean()))
+
+
+def test_default_replies_carry_the_flooding(querier, batched_kit, head):
+    """The rescale alone shrinks an honest reply's noise below one unit (so the noise solve fails
+    on it too): what the flooding adds must still be there, ~2^23 after the rescale here."""
+    flooded = _zero_reply_noise(querier, batched_kit, head, CircuitPrivacy(batched_kit))
+    bare = _zero_reply_noise(querier, batched_kit, head, CircuitPrivacy(batched_kit, bits=0))
+    assert flooded > 2.0**16 > 2.0**10 > bare
 
 
 def test_logit_noise_does_not_stop_the_c1_solve(querier, batched_kit, head):
