@@ -419,6 +419,18 @@ class SlotModel:
             keep = (i < d) & (k < K)
             self._pairs.append((j[keep], i[keep], k[keep]))
         self.useful = (np.abs(self.fold).sum(1) + self.bias.sum(1)) > 0
+        # The class each group's sum belongs to: y'[j] holds class j mod K' only, and the strides
+        # are multiples of K', so every slot sums one class (-1: none); the fit then splits into K
+        # independent ones of d + 1 unknowns.
+        self.group_class = np.full(len(first), -1)
+        self.separable = True
+        for g in range(len(first)):
+            classes = {int(c) for c in np.nonzero(self.fold[g])[0] % Kp if c < K}
+            classes |= {int(c) for c in np.nonzero(self.bias[g])[0]}
+            if len(classes) > 1:
+                self.separable = False
+            elif classes:
+                self.group_class[g] = classes.pop()
 
     @property
     def n_unknowns(self) -> int:
@@ -452,13 +464,22 @@ def slot_solve(plan: SinglePlan, Z: np.ndarray, slots: np.ndarray,
     """Least squares for (V, c) over every slot of the replies to queries Z (weighted by how many
     slots repeat each value: the same fit as over all slots)."""
     model = SlotModel(plan) if model is None else model
+    d, K = plan.n_features, plan.n_classes
     keep, w = model.useful, np.sqrt(model.counts[model.useful])
     A = np.concatenate([model.design(z)[keep] * w[:, None] for z in Z])
     y = np.concatenate([model.observe(s)[keep] * w for s in slots])
-    theta, _, rank, _ = np.linalg.lstsq(A, y, rcond=None)
-    d, K = plan.n_features, plan.n_classes
-    ok = bool(rank == model.n_unknowns)
-    return Recovered(theta[: d * K].reshape(d, K), theta[d * K :], len(Z), ok)
+    if not model.separable:
+        theta, _, rank, _ = np.linalg.lstsq(A, y, rcond=None)
+        return Recovered(theta[: d * K].reshape(d, K), theta[d * K :], len(Z),
+                         bool(rank == model.n_unknowns))
+    classes = np.tile(model.group_class[keep], len(Z))
+    coef, intercept, ok = np.zeros((d, K)), np.zeros(K), True
+    for k in range(K):  # one independent fit per class: its column of V and its c
+        columns = [*(i * K + k for i in range(d)), d * K + k]
+        theta, _, rank, _ = np.linalg.lstsq(A[classes == k][:, columns], y[classes == k],
+                                            rcond=None)
+        coef[:, k], intercept[k], ok = theta[:d], theta[d], ok and bool(rank == d + 1)
+    return Recovered(coef, intercept, len(Z), ok)
 
 
 # -- (iii) fitting ----------------------------------------------------------------------------------

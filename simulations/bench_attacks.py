@@ -256,27 +256,81 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def findings(rows: list[dict]) -> list[str]:
+    """One line per attack: the queries it needed under each protection (per logit noise)."""
+    out, order = [], []
+    for r in rows:
+        key = (r["path"], r["attack"])
+        if key not in order:
+            order.append(key)
+    for path, attack in order:
+        per: dict[str, list[str]] = {}
+        for r in rows:
+            if (r["path"], r["attack"]) == (path, attack):
+                needed = r["queries_needed"] if r["queries_needed"] != "" else "not reached"
+                noise = "" if r["logit_noise"] == "" else f" (noise {r['logit_noise']:g})"
+                per.setdefault(r["protection"], []).append(f"{needed}{noise}")
+        parts = "; ".join(f"{prot}: {', '.join(v)}" for prot, v in per.items())
+        out.append(f"- **{attack}** ({path}): {parts}")
+    return out
+
+
+NOTES = """\
+## Reading the table
+
+- **Re-randomisation** is what stops the c1 solves, the linear one and the lattice one alike: it
+  makes the reply's c1 a fresh RLWE sample. The *rescale* rows of the linear c1 solve are no
+  protection: the rounding only defeats linear algebra, and the lattice solve (LLL on a
+  hidden-number problem, pure Python, hence its small head) recovers V through *rescale* and
+  *flood+rescale* alike.
+- **Flooding** is what stops the noise solve with a guarantee (2^-40 statistical distance). The
+  noise solve also fails after the rescale alone, but only because an honest reply's
+  weight-dependent noise is ~2^-25 of the last prime there: a size argument for these parameters,
+  not a guarantee.
+- **The layouts** stop the slot and cross-product solves: with the fold stopped at the period, or
+  several feature blocks per ciphertext, the slots give V (single path) or Y (fitting) whatever
+  the circuit privacy (*privacy, partial fold* / *privacy, several blocks* rows). With the complete
+  fold / one block they give the logits / X̃ᵀY only: the slot solve then needs exactly what the
+  logits baseline needs, and the cross-product solve ends at the minimum-norm Y of the result
+  baseline.
+- **Logit noise** (`noise_std`, added to c0 as a plaintext) does not stop the c1 solves at all (it
+  only costs the intercept a 0.05/√4096 error); it defeats the honest noise solve only because its
+  encoding fills every coefficient. Against the logits baseline it costs a few queries.
+- **Outside the semi-honest model**: a querier that adds noise of 2^80 to its own all-zero query
+  (the *inflated-noise solve*; its ciphertexts decode to slot values of ~1, a request like any
+  other) gets V through the default protection: the flooding bound is computed from honest fresh
+  noise (σ = 3.2), which the provider cannot check. Closing that needs the querier to prove its
+  ciphertexts well formed, or a sanitisation the provider can run without trusting their noise.
+"""
+
+
 def markdown(rows: list[dict], args: argparse.Namespace, command: str, load: tuple,
-             seconds: float) -> str:
+             seconds: float, out: Path) -> str:
     lines = [
         "# Attacks of a semi-honest querier on the provider's replies\n",
         f"Measured by `{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}); load average (1, 5, 15 min) "
         f"{tuple(round(x, 2) for x in load[0])} at the start, "
         f"{tuple(round(x, 2) for x in load[1])} at the end; {seconds:.0f} s in all. "
-        "CKKS preset n8192 (chain [60, 60, 38, 60]).\n",
+        "CKKS preset n8192 (chain [60, 60, 38, 60]). Figures: `attacks.csv`.\n",
         f"Head: random V (d={args.d}, K={args.k}, entries N(0, 9/d)) and c (N(0, 0.01)); "
         f"queries uniform in [-1, 1]^d. *queries needed*: the fewest queries (tried: every count "
         f"up to 24, then steps of ~10 %) whose copy agrees with the head's argmax on "
         f"≥ {args.agreement:.0%} of {args.eval} random queries; \"not reached\" within "
         "*max queries*. *consistent*: the attacker's own check of its solve (it knows when it "
-        "failed). The batched path's c1 and noise solves are one-shot: one request of one query "
-        "(the noise solve: the all-zero query), so they either work at 1 or not at all.\n",
+        "failed). The batched path's solves are one-shot: one request of one query (the noise "
+        "solves: the all-zero query), so they work at 1 or not at all.\n",
         "Protections (`crypto.privacy.CircuitPrivacy`): *off* none; *flood* 40-bit noise flooding "
         "only; *rerandomize* a fresh encryption of zero only; *rescale* the final rescale only; "
-        "*default* all three. Single path: *off* = partial fold, no privacy; *privacy, partial "
-        "fold* = default privacy on the layout that leaks; *default* = complete fold + default "
-        "privacy. Fitting: the same with several blocks per ciphertext vs one.\n",
+        "*flood+rescale* all but re-randomisation; *default* all three. Single path: *off* = "
+        "partial fold, no privacy; *privacy, partial fold* = default privacy on the layout that "
+        "leaks; *default* = complete fold + default privacy. Fitting: the same with several blocks "
+        "per ciphertext vs one.\n",
+        "## Queries needed, per protection\n",
+        *findings(rows),
+        "",
+        NOTES,
+        "## All figures\n",
         "| path | attack | protection | logit noise | queries needed | max queries | agreement "
         "| max abs error | consistent | s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -294,6 +348,10 @@ def markdown(rows: list[dict], args: argparse.Namespace, command: str, load: tup
         lines += ["", "Fitting rows (no argmax there): *queries needed* = 1 when one fitting "
                   "request gives every entry of Y within 1e-3. " + " ".join(
                       f"{r['protection']}: {r['note']}." for r in notes)]
+    others = sorted(p.parent.name for p in out.glob("*/README.md"))
+    if others:
+        lines += ["", "Other runs: " + ", ".join(f"[{name}]({name}/README.md)" for name in others)
+                  + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -344,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m simulations.bench_attacks", *(argv if argv is not None
                                                                    else sys.argv[1:])])
     text = markdown(rows, args, command.strip(), (load_start, os.getloadavg()),
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, out)
     (out / "README.md").write_text(text)
     print(text)
     return 0
