@@ -16,6 +16,11 @@ their noise exactly) and decrypts every slot of every reply. Against an unprotec
 - **logits baseline**: least squares on the decrypted logits alone, what any querier can do
   (d+1 queries for a full copy without noise).
 
+Two more show the limits of the protection: the **c1 lattice solve** recovers V from a rescaled
+but not re-randomised reply (rounding is not hiding: LLL on a hidden-number problem), and the
+**inflated-noise solve**, a *malicious* querier's, gets V through the default protection by adding
+noise of its own far above what the flooding is sized for.
+
 Each attack sees only what the querier sees: its own kit, the bytes it sent and the bytes it got
 back from ``serve`` (the provider, a callable). It returns its estimate and whether its own check
 passed (it knows when a solve failed). ``crypto.privacy`` is what makes them fail.
@@ -38,8 +43,8 @@ from crypto.serialization import memfile, seal_version
 
 Serve = Callable[[list[bytes]], list[bytes]]
 
-# Named protection settings of the provider's replies (crypto.privacy): each single step alone,
-# none, or all of them (the protocol's default).
+# Named protection settings of the provider's replies (crypto.privacy): none, each single step
+# alone, all but re-randomisation, or all of them (the protocol's default).
 PROTECTIONS = {
     "off": {"bits": 0, "rerandomize": False, "rescale": False},
     "flood": {"bits": 40, "rerandomize": False, "rescale": False},
@@ -134,6 +139,16 @@ def centred(x: np.ndarray, prime: int) -> np.ndarray:
     """Residues mod ``prime`` (< 2^62) as signed integers in (-prime/2, prime/2]."""
     x = x.astype(np.int64)
     return np.where(x > prime // 2, x - np.int64(prime), x)
+
+
+def _crt(residues_per_prime: np.ndarray, ps: list[int]) -> list[int]:
+    """Integers in [0, Π ps) from their residues (primes, N), by Garner's formula."""
+    x, modulus = [int(v) for v in residues_per_prime[0]], ps[0]
+    for row, p in zip(residues_per_prime[1:], ps[1:], strict=True):
+        inv = pow(modulus, -1, p)
+        x = [v + modulus * ((int(r) - v) * inv % p) for v, r in zip(x, row, strict=True)]
+        modulus *= p
+    return x
 
 
 def solve_mod(A: np.ndarray, B: np.ndarray, prime: int) -> np.ndarray:
@@ -251,16 +266,6 @@ def lll(basis: list[list[int]], delta: tuple[int, int] = (99, 100)) -> list[list
     return b
 
 
-def _crt(residues_per_prime: np.ndarray, ps: list[int]) -> list[int]:
-    """Integers in [0, Π ps) from their residues (primes, N), by Garner's formula."""
-    x, modulus = [int(v) for v in residues_per_prime[0]], ps[0]
-    for row, p in zip(residues_per_prime[1:], ps[1:], strict=True):
-        inv = pow(modulus, -1, p)
-        x = [v + modulus * ((int(r) - v) * inv % p) for v, r in zip(x, row, strict=True)]
-        modulus *= p
-    return x
-
-
 def c1_lattice_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes: int, *,
                      equations: int | None = None,
                      rng: np.random.Generator | None = None) -> Recovered:
@@ -278,8 +283,7 @@ def c1_lattice_solve(querier: CkksKit, serve: Serve, n_features: int, n_classes:
     sent = querier.load_many(blobs)
     reply = querier.load_many(serve(blobs))
     q_ps, r_ps = primes(querier, sent[0]), primes(querier, reply[0])
-    Q, Pr = int(np.prod([int(p) for p in q_ps], dtype=object)), int(np.prod(
-        [int(p) for p in r_ps], dtype=object))
+    Q, Pr = math.prod(q_ps), math.prod(r_ps)
     dropped = Q // Pr  # the primes the rescale divided by (1: not rescaled)
     A = [_crt(to_coefficients(querier, residues(ct)[1], ct.parms_id()), q_ps) for ct in sent]
     delta_w = reply[0].scale * dropped / sent[0].scale
@@ -337,11 +341,8 @@ def integer_coefficients(kit: CkksKit, ct: seal.Ciphertext) -> np.ndarray:
     """(N,) float64: a ciphertext's decryption as centred integers mod its whole modulus (CRT over
     its primes, exact in Python ints, then rounded to float: for values beyond one prime)."""
     ps = primes(kit, ct)
-    coeffs = to_coefficients(kit, raw_decryption(kit, ct), ct.parms_id()).astype(object)
-    x, modulus = coeffs[0] % ps[0], ps[0]
-    for r, p in zip(coeffs[1:], ps[1:], strict=True):  # Garner: x ≡ r (mod p), keep x mod M·p
-        x = x + modulus * ((r - x) * pow(modulus, -1, p) % p)
-        modulus *= p
+    modulus = math.prod(ps)
+    x = _crt(to_coefficients(kit, raw_decryption(kit, ct), ct.parms_id()), ps)
     return np.array([float(v - modulus) if v > modulus // 2 else float(v) for v in x])
 
 

@@ -2,7 +2,11 @@
 protected ones; each protection step stops the attack it exists for, and only that one.
 
 A failing attack is one whose own check fails and whose estimate is off by the size of the weights,
-or no better than least squares on the logits of the same queries."""
+or no better than least squares on the logits of the same queries. One test documents a limit of
+the protection outside the semi-honest model (a querier that inflates its own noise).
+
+In a git worktree run ``python -m pytest`` from its root: the virtualenv's editable install points
+at the main checkout."""
 
 import csv
 
