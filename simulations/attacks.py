@@ -432,6 +432,7 @@ class SlotModel:
                 self.separable = False
             elif classes:
                 self.group_class[g] = classes.pop()
+        self._blocks: dict[bytes, list[np.ndarray]] = {}
 
     @property
     def n_unknowns(self) -> int:
@@ -448,6 +449,22 @@ class SlotModel:
     def observe(self, slots: np.ndarray) -> np.ndarray:
         """Mean decrypted value of each slot group."""
         return np.bincount(self.group, weights=slots, minlength=len(self.counts)) / self.counts
+
+    def class_blocks(self, z: np.ndarray) -> list[np.ndarray]:
+        """Per class k: the weighted design of its slot groups over (V[:, k], c_k), remembered per
+        query (a growing attack re-fits on every query so far)."""
+        key = np.asarray(z, np.float64).tobytes()
+        if key not in self._blocks:
+            d, K = self.plan.n_features, self.plan.n_classes
+            A = self.design(z) * np.sqrt(self.counts)[:, None]
+            self._blocks[key] = [A[self.group_class == k][:, [*range(k, d * K, K), d * K + k]]
+                                 for k in range(K)]
+        return self._blocks[key]
+
+    def class_values(self, slots: np.ndarray) -> list[np.ndarray]:
+        """Per class k: the weighted mean values of its slot groups (rows of class_blocks)."""
+        y = self.observe(slots) * np.sqrt(self.counts)
+        return [y[self.group_class == k] for k in range(self.plan.n_classes)]
 
 
 def single_replies(querier: CkksKit, serve: Serve, Z: np.ndarray, n_classes: int) -> np.ndarray:
@@ -466,19 +483,19 @@ def slot_solve(plan: SinglePlan, Z: np.ndarray, slots: np.ndarray,
     slots repeat each value: the same fit as over all slots)."""
     model = SlotModel(plan) if model is None else model
     d, K = plan.n_features, plan.n_classes
-    keep, w = model.useful, np.sqrt(model.counts[model.useful])
-    A = np.concatenate([model.design(z)[keep] * w[:, None] for z in Z])
-    y = np.concatenate([model.observe(s)[keep] * w for s in slots])
     if not model.separable:
+        keep, w = model.useful, np.sqrt(model.counts[model.useful])
+        A = np.concatenate([model.design(z)[keep] * w[:, None] for z in Z])
+        y = np.concatenate([model.observe(s)[keep] * w for s in slots])
         theta, _, rank, _ = np.linalg.lstsq(A, y, rcond=None)
         return Recovered(theta[: d * K].reshape(d, K), theta[d * K :], len(Z),
                          bool(rank == model.n_unknowns))
-    classes = np.tile(model.group_class[keep], len(Z))
+    blocks = [model.class_blocks(z) for z in Z]
+    values = [model.class_values(s) for s in slots]
     coef, intercept, ok = np.zeros((d, K)), np.zeros(K), True
     for k in range(K):  # one independent fit per class: its column of V and its c
-        columns = [*(i * K + k for i in range(d)), d * K + k]
-        theta, _, rank, _ = np.linalg.lstsq(A[classes == k][:, columns], y[classes == k],
-                                            rcond=None)
+        theta, _, rank, _ = np.linalg.lstsq(np.concatenate([b[k] for b in blocks]),
+                                            np.concatenate([v[k] for v in values]), rcond=None)
         coef[:, k], intercept[k], ok = theta[:d], theta[d], ok and bool(rank == d + 1)
     return Recovered(coef, intercept, len(Z), ok)
 
