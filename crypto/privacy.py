@@ -118,8 +118,8 @@ class CircuitPrivacy:
     (``simulations/attacks.py``), what each step prevents. :meth:`off` is the unprotected reply.
     """
 
-    def __init__(self, kit, *, bits: int = 40, rerandomize: bool = True, rescale: bool = True,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(self, kit, *, bits: int = 40, rerandomize: bool = True,
+                 rescale: bool = True) -> None:
         if bits < 0:
             raise ValueError(f"the flooding's statistical security must be >= 0 bits, got {bits}")
         if rerandomize and kit.public_key is None:
@@ -127,7 +127,6 @@ class CircuitPrivacy:
                              "context holds none")
         self.kit, self.bits = kit, int(bits)
         self.rerandomize, self.rescale = rerandomize, rescale
-        self.rng = np.random.default_rng() if rng is None else rng  # seeded from the OS by default
 
     @classmethod
     def off(cls, kit) -> CircuitPrivacy:
@@ -183,9 +182,18 @@ class CircuitPrivacy:
             raise ValueError(f"flooding needs {bits} bits, the reply's primes hold "
                              f"{data.total_coeff_modulus_bit_count()}")
         n = kit.params.poly_modulus_degree
-        nibbles = self.rng.integers(0, 16, size=(math.ceil((bits + 1) / 4), n), dtype=np.uint64)
+        nibbles = random_nibbles(math.ceil((bits + 1) / 4), n)
         residues = np.stack([uniform_residues(nibbles, bits, q) for q in primes])
         return coefficient_ciphertexts(kit, residues, level, scale)
+
+
+def random_nibbles(rows: int, n: int) -> np.ndarray:
+    """``rows × n`` base-16 digits from the OS's cryptographic generator: the querier sees the
+    leading digits of every flooding coefficient, so a predictable generator (numpy's PCG64)
+    would let it subtract the flooding."""
+    raw = np.frombuffer(os.urandom((rows * n + 1) // 2), dtype=np.uint8)
+    digits = np.stack([raw >> 4, raw & 15], axis=1).ravel()[: rows * n]
+    return digits.astype(np.uint64).reshape(rows, n)
 
 
 def uniform_residues(nibbles: np.ndarray, bits: int, prime: int) -> np.ndarray:

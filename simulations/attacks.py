@@ -55,11 +55,11 @@ PROTECTIONS = {
 }
 
 
-def protection(kit: CkksKit, name: str, rng: np.random.Generator | None = None) -> CircuitPrivacy:
+def protection(kit: CkksKit, name: str) -> CircuitPrivacy:
     """The provider's CircuitPrivacy for a named setting (see PROTECTIONS)."""
     if name not in PROTECTIONS:
         raise ValueError(f"unknown protection {name!r}; expected one of {sorted(PROTECTIONS)}")
-    return CircuitPrivacy(kit, rng=rng, **PROTECTIONS[name])
+    return CircuitPrivacy(kit, **PROTECTIONS[name])
 
 
 @dataclass

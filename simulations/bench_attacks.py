@@ -127,7 +127,7 @@ class Bench:
                 for name, attack in ATTACKS:
                     start = time.perf_counter()
                     serve = batched_server(self.head, self.batched,
-                                           protection(self.batched, prot, self.rng),
+                                           protection(self.batched, prot),
                                            noise_std=noise, rng=self.rng)
                     result = attack(self.querier, serve, self.d, self.k)
                     ok = result.agreement(self.head, self.Z_eval) >= self.target
@@ -140,7 +140,7 @@ class Bench:
             blobs = encrypt_queries(self.querier, Z, path="batched", n_classes=self.k)
             reply = self.head.evaluate(self.batched, blobs, path="batched", n=len(Z),
                                        noise_std=noise, rng=self.rng,
-                                       privacy=CircuitPrivacy(self.batched, rng=self.rng))
+                                       privacy=CircuitPrivacy(self.batched))
             L = decrypt_logits(self.querier, reply, path="batched", n=len(Z), n_classes=self.k)
             needed, result = self.scan(lambda q, Z=Z, L=L: logits_baseline(Z[:q], L[:q]),
                                        max_queries)
@@ -159,7 +159,7 @@ class Bench:
         for noise in noises:
             for prot in protections:
                 start = time.perf_counter()
-                serve = batched_server(head, self.batched, protection(self.batched, prot, rng),
+                serve = batched_server(head, self.batched, protection(self.batched, prot),
                                        noise_std=noise, rng=rng)
                 result = c1_lattice_solve(self.querier, serve, d, k, rng=rng)
                 agreement = result.agreement(head, Z_eval)
@@ -185,7 +185,7 @@ class Bench:
                 plan = SinglePlan(self.d, self.k, self.querier.slots, complete_fold=complete)
                 model = SlotModel(plan)
                 serve = single_server(self.head, self.single,
-                                      protection(self.single, prot, self.rng),
+                                      protection(self.single, prot),
                                       complete_fold=complete, noise_std=noise, rng=self.rng)
                 Z, slots = np.zeros((0, self.d)), np.zeros((0, self.querier.slots))
 
@@ -226,7 +226,7 @@ class Bench:
                                                single_block=single_block)
             kit = CkksKit.from_public(self.querier.public_bytes(packing.rotation_steps))
             replies = packing.multiply(kit, packing.encrypt(self.querier, X), Y,
-                                       privacy=protection(kit, prot, self.rng))
+                                       privacy=protection(kit, prot))
             result = cross_product_solve(self.querier, packing, X, replies,
                                          CrossProductModel(packing))
             error = result.max_error(Y)
