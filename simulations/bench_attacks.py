@@ -15,7 +15,6 @@ Writes ``attacks.csv`` and ``README.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -54,6 +53,7 @@ from simulations.attacks import (
     single_server,
     slot_solve,
 )
+from simulations.tables import write_csv
 
 COLUMNS = ["path", "attack", "protection", "logit_noise", "queries_needed", "max_queries",
            "agreement", "max_abs_error", "solve_consistent", "seconds", "note"]
@@ -82,13 +82,16 @@ def schedule(max_queries: int) -> list[int]:
 class Bench:
     """One querier, one provider kit per rotation set, one random head, one evaluation set."""
 
-    def __init__(self, d: int, k: int, n_eval: int, target: float, seed: int) -> None:
+    def __init__(self, d: int, k: int, n_eval: int, target: float, seed: int,
+                 head: EncryptedLinearHead | None = None) -> None:
         self.d, self.k, self.target = d, k, target
         self.rng = np.random.default_rng(seed)
         self.querier = CkksKit.generate(CKKSParams.from_config(load_config().he))
         slots = self.querier.slots
-        coef = self.rng.normal(size=(d, k)) * 3 / np.sqrt(d)  # logits of std ~1.7 on U(-1, 1)^d
-        self.head = EncryptedLinearHead(coef, self.rng.normal(size=k) * 0.1)
+        if head is None:  # logits of std ~1.7 on U(-1, 1)^d
+            head = EncryptedLinearHead(self.rng.normal(size=(d, k)) * 3 / np.sqrt(d),
+                                       self.rng.normal(size=k) * 0.1)
+        self.head = head
         self.Z_eval = self.rng.uniform(-1, 1, (n_eval, d))
         steps = {*SinglePlan(d, k, slots).rotation_steps,
                  *SinglePlan(d, k, slots, complete_fold=False).rotation_steps}
@@ -395,10 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench.fitting_rows(*args.fit, list(FIT_SETTINGS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "attacks.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "attacks.csv", rows, COLUMNS)
     command = " ".join(["python -m simulations.bench_attacks", *(argv if argv is not None
                                                                    else sys.argv[1:])])
     text = markdown(rows, args, command.strip(), (load_start, os.getloadavg()),

@@ -43,6 +43,7 @@ from crypto import (
     encrypt_queries,
 )
 from silos.alignment import AffineMap, augment
+from simulations.tables import write_csv
 
 HEAD_COLUMNS = ["path", "protection", "d", "K", "N", "batch", "latency_ms_per_query", "encrypt_ms_per_query",
                 "evaluate_ms_per_query", "decrypt_ms_per_query", "queries_per_s",
@@ -231,13 +232,6 @@ def add_ratios(rows: list[dict]) -> None:
         row["ratio_to_naive"] = (row["latency_ms_per_query"] / naive["latency_ms_per_query"]
                                  if naive else float("nan"))
         row["ratio_to_plaintext"] = row["latency_ms_per_query"] / plain["latency_ms_per_query"]
-
-
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def markdown(head: list[dict], fit: list[dict], command: str, load: str = "") -> str:

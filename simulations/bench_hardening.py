@@ -15,6 +15,11 @@ the logits it decrypts. For query budgets B and noise levels it fits ``V, c`` fr
 vectors (in plaintext: the logits are exactly what the provider releases, noise included) and
 reports the extracted head's relative error and its agreement with the real head on the queries.
 
+Attacks on the ciphertexts (``simulations.attacks``, run on this task's head): what the same
+querier gets from the replies themselves when it keeps its encryption randomness and decrypts every
+slot, with the reply protection off (the bare computation) and on (the default), in one run: the
+queries each attack needs for a copy of the head agreeing with it on 95 % of random queries.
+
 Data: by default the packaged models (``minilm-l6`` → ``mpnet-base`` on ``bbc-news``, the default
 config; embeddings come from the cache in ``run.cache_dir`` after a first run), the map fitted in
 plaintext with the ridge alpha chosen on the held-out public texts, as the protocol does under
@@ -25,7 +30,6 @@ encryption (the encrypted fit equals it to ~5e-7, README); ``--synthetic`` uses 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -40,8 +44,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from conf import load_config
 from crypto import CkksKit, CKKSParams, EncryptedLinearHead, decrypt_logits, encrypt_queries
-from silos.budget import QueryBudget
+from silos.budget import QueryBudget, QueryBudgetExceeded
 from silos.output_policy import OutputPolicy
+from simulations.bench_attacks import SINGLE_SETTINGS, Bench
+from simulations.tables import write_csv
 
 HARDENING_COLUMNS = ["option", "enforced_by", "encrypted_accuracy", "accuracy_change",
                      "agreement_with_unhardened", "ms_per_query", "ms_change", "n_queries"]
@@ -124,6 +130,12 @@ def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0
         if budget is not None:  # the provider's on-disk count: a locked, fsynced write
             with tempfile.TemporaryDirectory() as state_dir:
                 QueryBudget(state_dir, budget).charge("querier", n)
+                try:  # charged to its limit: the next query must be refused
+                    QueryBudget(state_dir, budget).charge("querier", 1)
+                except QueryBudgetExceeded:
+                    pass
+                else:
+                    raise RuntimeError("the query budget let a query past its limit")
         out = head.evaluate(provider, blobs, path="batched", n=n, noise_std=noise)
         logits = decrypt_logits(querier, out, path="batched", n=n, n_classes=k)
         if policy is not None:
@@ -147,7 +159,7 @@ def hardening_rows(task: Task, noises: list[float], top_ks: list[int], decimals:
     options += [(f"top-{k}", "querier", {"policy": OutputPolicy(top_k=k)}) for k in top_ks]
     options += [(f"round to {d} decimals", "querier", {"policy": OutputPolicy(decimals=d)})
                 for d in decimals]
-    options += [("query budget", "provider", {"budget": 10**9})]
+    options += [("query budget, charged to its limit", "provider", {"budget": len(task.Z)})]
     rows = []
     for name, who, kwargs in options:
         logits, ms = (base, base_ms) if name == "none" else serve(task, querier, provider,
@@ -193,11 +205,34 @@ def extraction_rows(task: Task, noises: list[float], budget_ratios: list[float],
     return rows
 
 
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+ATTACK_COLUMNS = ["path", "attack", "protection", "logit_noise", "queries_needed", "max_queries",
+                  "agreement", "max_abs_error"]
+
+
+def attack_rows(task: Task, noises: list[float], max_queries: int) -> list[dict]:
+    """The ciphertext attacks on this task's head, protection off and on (see the docstring)."""
+    d, k = task.coef.shape
+    bench = Bench(d, k, 2000, 0.95, 0, head=EncryptedLinearHead(task.coef, task.intercept))
+    rows = bench.batched_rows(noises, ["off", "default"], max_queries)
+    rows += bench.single_rows(noises, list(SINGLE_SETTINGS), max_queries)
+    return rows
+
+
+def attack_markdown(rows: list[dict], max_queries: int) -> str:
+    lines = ["\n## Attacks on the ciphertexts of this head (protection off, then on)\n",
+             f"Queries needed for a copy that agrees with the head on 95 % of 2,000 random queries "
+             f"(\"not reached\": not within {max_queries}); the batched solves are one-shot "
+             "(one request of one query). `python -m simulations.bench_attacks` has every "
+             "protection step on its own.\n",
+             "| path | attack | protection | logit noise | queries needed | agreement | max abs error |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        needed = r["queries_needed"] if r["queries_needed"] != "" else "not reached"
+        agreement = f"{r['agreement']:.3f}" if r["agreement"] != "" else ""
+        error = f"{r['max_abs_error']:.2g}" if r["max_abs_error"] != "" else ""
+        lines.append(f"| {r['path']} | {r['attack']} | {r['protection']} | {r['logit_noise']} "
+                     f"| {needed} | {agreement} | {error} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(task: Task, hardening: list[dict], extraction: list[dict], command: str,
@@ -243,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decimals", type=int, nargs="+", default=[2, 1, 0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 10.0],
                         help="attacker budgets as multiples of d + 1")
+    parser.add_argument("--attack-queries", type=int, default=16,
+                        help="queries each ciphertext attack may send before it is 'not reached'")
     parser.add_argument("--reps", type=int, default=5,
                         help="repetitions per option: best latency, mean accuracy")
     return parser.parse_args(argv)
@@ -260,13 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"task: {task.name}", flush=True)
     hardening = hardening_rows(task, args.noise, args.top_k, args.decimals, args.reps)
     extraction = extraction_rows(task, [0.0, *args.noise], args.budgets)
+    attacks = attack_rows(task, [0.0, *args.noise[:1]], args.attack_queries)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "hardening.csv", hardening, HARDENING_COLUMNS)
     write_csv(out / "extraction.csv", extraction, EXTRACTION_COLUMNS)
+    write_csv(out / "attacks.csv", attacks, ATTACK_COLUMNS)
     load = f"{load_before}` at the start, `{_uptime()}` at the end"
     command = "python -m simulations.bench_hardening " + " ".join(argv or sys.argv[1:])
-    (out / "README.md").write_text(markdown(task, hardening, extraction, command.strip(), load))
+    (out / "README.md").write_text(markdown(task, hardening, extraction, command.strip(), load)
+                                   + attack_markdown(attacks, args.attack_queries))
     print((out / "README.md").read_text())
     return 0
 

@@ -11,7 +11,6 @@ KEY=VALUE pairs override conf/evaluation.yaml. Writes README.md, summary.json, C
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from conf import CONF_DIR, load_config
 from simulations.evaluation import classification, convergence, figures, tradeoffs
 from simulations.evaluation.embeddings import corpus_spec, embed_lists, task_texts
+from simulations.tables import write_csv
 
 EXPERIMENTS = ("classification", "convergence", "generation", "tradeoffs")
 
@@ -187,14 +187,6 @@ def run_tradeoffs(cfg: DictConfig, command: str) -> dict:
                                    reps=int(t.reps), seed=int(cfg.seed))
     figures.tradeoff_figure(rows, Path(cfg.output_dir) / "tradeoffs.png", command)
     return {"tradeoffs": rows}
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], list | dict)))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
