@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="two models and small sets: a ~3 minute smoke run (CI)")
     parser.add_argument("--readme", action="store_true",
-                        help="also rewrite the main table in the project README.md")
+                        help="also rewrite the main table in docs/evaluation.md")
     parser.add_argument("--only", type=_experiments, default=list(EXPERIMENTS),
                         metavar="A,B", help=f"run only these experiments, comma-separated, of "
                         f"{','.join(EXPERIMENTS)} (summary.json keeps the others' last results)")
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         from simulations.bench_crypto import update_readme
 
-        update_readme(Path("README.md"), readme_block(summary), README_START, README_END)
+        update_readme(Path("docs/evaluation.md"), readme_block(summary), README_START, README_END)
     print(f"\nwrote {out / 'README.md'} and {summary_file} ({total:.0f} s)")
     failed = [r for r in summary.get("classification", []) if r.get("status") != "ok"]
     return 1 if failed else 0

@@ -50,7 +50,7 @@ def readme_block(summary: dict) -> str:
         README_START,
         f"Measured by `{run.get('command')}` on this machine "
         f"({run.get('seconds', 0) / 60:.0f} min for this part; full report, figures and raw "
-        "figures in [reports/evaluation](reports/evaluation/README.md)). Each task: "
+        "figures in [reports/evaluation](../reports/evaluation/README.md)). Each task: "
         f"{c.get('n_public')} public texts for the encrypted fit, {c.get('n_private')} private "
         f"texts for the provider's head, {c.get('n_query')} queries + {c.get('n_ood')} OOD texts "
         f"of the other corpus; CKKS N={he.get('poly_modulus_degree')}, moduli "
