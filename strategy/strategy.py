@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from strategy.protocol import Action, error_of, message_type, payload_bytes, request_content
+from strategy.protocol import (
+    Action,
+    error_of,
+    error_silo,
+    message_type,
+    payload_bytes,
+    request_content,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +153,9 @@ class SecureAlignmentStrategy:
                 results[node] = SiloError(name, action, f"no reply within {timeout:g} s",
                                           transient=True)
             elif (reason := error_of(reply)) is not None:
+                # Before discovery a target is only "node <id>": the silo's own error names it.
+                if name == _unnamed(node):
+                    name = error_silo(reply) or name
                 results[node] = SiloError(name, action, reason, transient=reply.has_error())
             else:
                 results[node] = reply.content["reply"]
@@ -166,7 +176,7 @@ class SecureAlignmentStrategy:
         while len(nodes) < self.min_nodes and time.monotonic() < deadline:
             time.sleep(1.0)
             nodes = list(grid.get_node_ids())
-        results = self._round(grid, [(n, f"node {n}") for n in nodes], Action.DESCRIBE, {},
+        results = self._round(grid, [(n, _unnamed(n)) for n in nodes], Action.DESCRIBE, {},
                               ledger, "discover")
         silos, errors = {}, []
         for node, result in results.items():
@@ -317,6 +327,12 @@ class SecureAlignmentStrategy:
             "pairs": pairs, "errors": errors,
             "seconds": {**run.seconds, "total": time.perf_counter() - started},
         }
+
+
+def _unnamed(node: int) -> str:
+    """How a node is named until its silo is known: only a failure that names no silo (no reply,
+    or an error Flower made) is reported so."""
+    return f"node {node}"
 
 
 def _plain(info: dict) -> dict:

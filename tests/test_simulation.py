@@ -44,7 +44,8 @@ def spying_server_app(log):
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_coordinator(SpyGrid(grid, log), load_config(context.run_config["overrides"]))
+        run_coordinator(SpyGrid(grid, log), load_config(context.run_config["overrides"]),
+                        run_id=context.run_id)
 
     return app
 
