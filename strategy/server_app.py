@@ -40,6 +40,7 @@ def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -
         retries=int(cfg.serve.retries),
         min_nodes=len(active_silos(cfg)),
         pairs=parse_pairs(cfg.pairs),
+        expected=list(active_silos(cfg)),
     )
     summary = {"run_id": run_id, **strategy.start(grid)}
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)

@@ -28,13 +28,16 @@ class LocalGrid:
     """The silos' ClientApp handler in this process, one node context per configured silo, node
     ids unrelated to the silos' order (as in the simulation, where partition i runs silo i)."""
 
-    def __init__(self, overrides: list[str], n_silos: int, run_id: int) -> None:
+    def __init__(self, overrides: list[str], n_silos: int, run_id: int,
+                 node_configs: list[dict] | None = None) -> None:
+        """``node_configs``: what deployed SuperNodes' --node-config say (default: simulated)."""
+        configs = node_configs or [{"partition-id": i, "num-partitions": n_silos}
+                                   for i in range(n_silos)]
         self.contexts = {
             7_000_000 + 37 * i: Context(
-                run_id=run_id, node_id=7_000_000 + 37 * i,
-                node_config={"partition-id": i, "num-partitions": n_silos}, state=RecordDict(),
-                run_config={"overrides": shlex.join(overrides)})
-            for i in range(n_silos)}
+                run_id=run_id, node_id=7_000_000 + 37 * i, node_config=config,
+                state=RecordDict(), run_config={"overrides": shlex.join(overrides)})
+            for i, config in enumerate(configs)}
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -68,10 +71,10 @@ def base(tmp_path: Path, corpus: Path) -> list[str]:
             *(f"silos.{s}.model={tmp_path / 'models' / s}" for s in ("alice", "bob", "carol"))]
 
 
-def coordinate(overrides: list[str], run_id: int) -> dict:
+def coordinate(overrides: list[str], run_id: int, node_configs: list[dict] | None = None) -> dict:
     cfg = load_config(overrides)
     n = len([s for s in cfg.silos.values() if s is not None])
-    return run_coordinator(LocalGrid(overrides, n, run_id), cfg, run_id=run_id)
+    return run_coordinator(LocalGrid(overrides, n, run_id, node_configs), cfg, run_id=run_id)
 
 
 # -- bugs ---------------------------------------------------------------------------------------
@@ -128,6 +131,19 @@ def test_a_silo_failing_in_describe_is_named_by_its_silo_name(tmp_path, corpus):
     for silo, error in zip(("bob", "carol"), sorted(failed), strict=True):
         assert error.startswith(f"silo {silo!r} failed on 'describe'"), error
         assert "node " not in error and "dataset.name=" in error
+
+
+def test_a_node_for_an_unknown_silo_and_a_silo_without_a_node_are_both_reported(tmp_path, corpus):
+    """Deployed SuperNodes for alice, bob and a mistyped 'karol': karol's describe fails under its
+    name (not in the run config), and carol, which no node runs, is reported rather than silently
+    having no pairs; a silo two nodes claim is reported too."""
+    nodes = [{"silo": "alice"}, {"silo": "bob"}, {"silo": "karol"}, {"silo": "bob"}]
+    errors = coordinate(base(tmp_path, corpus), run_id=3, node_configs=nodes)["errors"]
+    assert any(e.startswith("silo 'karol' failed on 'describe'") and "unknown silo 'karol'" in e
+               and "configured silos: ['alice', 'bob', 'carol']" in e for e in errors), errors
+    assert any(e.startswith("silo 'carol' (in the run config) did not answer")
+               and "--node-config 'silo=\"carol\"'" in e for e in errors), errors
+    assert any("both run silo 'bob'" in e for e in errors), errors
 
 
 def test_a_silo_whose_config_does_not_load_is_still_named(tmp_path):

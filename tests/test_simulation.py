@@ -72,6 +72,8 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
     _, report, _ = tiny_run
     pairs = report["pairs"]
     assert {(p["querier"], p["provider"]) for p in pairs} == {("alice", "bob"), ("alice", "carol")}
+    # The run's id reached run.json and every silo's messages.jsonl lines: the report keeps them.
+    assert report["run_id"] is not None and set(report["memory"]) == {"alice", "bob", "carol"}
     for pair in pairs:
         assert pair["status"] == "ok", pair.get("error")
         assert pair["agreement"] == 1.0
