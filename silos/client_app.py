@@ -21,7 +21,7 @@ from conf import load_config
 from silos.provider import Provider
 from silos.querier import Querier
 from silos.runtime import load_encoder
-from silos.settings import node_settings
+from silos.settings import node_settings, silo_name
 from strategy.protocol import (
     PROVIDER_ACTIONS,
     QUERIER_ACTIONS,
@@ -45,9 +45,10 @@ def handle(action: Action, message: Message, context: Context) -> Message:
     before = _memory_mib().get("rss_mib")
     _reset_peak_memory()
     started, loads = time.perf_counter(), load_encoder.cache_info().misses
-    settings = None
+    settings, name = None, _claimed_name(context)
     try:
         cfg = load_config(str(context.run_config.get("overrides", "")))
+        name = _name_or(cfg, dict(context.node_config), name)
         settings = node_settings(cfg, dict(context.node_config))
         allowed = QUERIER_ACTIONS if settings.role == "querier" else PROVIDER_ACTIONS
         if action not in allowed:
@@ -64,11 +65,26 @@ def handle(action: Action, message: Message, context: Context) -> Message:
         return Message(reply_content(reply), reply_to=message)
     except Exception as err:  # reported to the coordinator; the silo keeps serving
         log.exception("silo failed on %s", action.value)
-        return Message(error_content(err), reply_to=message)
+        return Message(error_content(err, silo=name), reply_to=message)
     finally:
         if settings is not None:
-            _record(settings.workdir, action, started, load_encoder.cache_info().misses - loads,
-                    before)
+            _record(settings.workdir, action, context.run_id, started,
+                    load_encoder.cache_info().misses - loads, before)
+
+
+def _claimed_name(context: Context) -> str | None:
+    """The silo a deployed node says it is, before any config is read (so even a config that
+    does not load can be reported under the silo's name rather than its node id)."""
+    claimed = context.node_config.get("silo")
+    return None if claimed is None else str(claimed)
+
+
+def _name_or(cfg, node_config: dict, fallback: str | None) -> str | None:
+    """This node's silo name (a simulated node's from its partition id), else ``fallback``."""
+    try:
+        return silo_name(cfg, node_config)
+    except (KeyError, ValueError, TypeError):
+        return fallback
 
 
 def _reset_peak_memory() -> None:
@@ -89,10 +105,14 @@ def _memory_mib() -> dict[str, float]:
         return {}
 
 
-def _record(workdir: Path, action: Action, started: float, encoder_loads: int,
+def _record(workdir: Path, action: Action, run_id: int, started: float, encoder_loads: int,
             start_rss_mib: float | None) -> None:
-    """One line per message in the silo's own folder: which process ran it, did it load the LM,
-    its resident memory when it started, its peak and when it ended.
+    """One line per message in the silo's own folder: which run and process ran it, did it load
+    the LM, its resident memory when it started, its peak and when it ended.
+
+    The file is appended to by every run that writes to this output folder (and by every process
+    of a deployed run: one per message), so each line carries its run's id and the report keeps
+    only its own run's lines.
 
     The LM is needed by ``prepare`` only (its embeddings then live in ``context.state``), so a run
     should show one encoder load per silo whatever the engine starts a process for. Simulated silos
@@ -101,7 +121,7 @@ def _record(workdir: Path, action: Action, started: float, encoder_loads: int,
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         with (workdir / "messages.jsonl").open("a") as f:
-            f.write(json.dumps({"action": action.value, "pid": os.getpid(),
+            f.write(json.dumps({"run_id": run_id, "action": action.value, "pid": os.getpid(),
                                 "nth_in_process": _handled_here, "encoder_loads": encoder_loads,
                                 "seconds": round(time.perf_counter() - started, 4),
                                 "start_rss_mib": start_rss_mib, **_memory_mib()}) + "\n")

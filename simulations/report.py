@@ -73,14 +73,19 @@ def held_out_quality(alpha: float, x: dict, y: dict) -> tuple[float, float]:
     return float(r2), float(cosine.mean())
 
 
-def memory_by_silo(output_dir: Path) -> dict[str, dict]:
+def memory_by_silo(output_dir: Path, run_id: int | None = None) -> dict[str, dict]:
     """Each silo's resident memory from its ``messages.jsonl``: the peak over its messages, the
     peak per action, and per action every message's peak and its growth over the memory the
-    process held when the message started (in order: to see whether it grows with batches)."""
+    process held when the message started (in order: to see whether it grows with batches).
+
+    ``run_id``: keep only that run's lines (every run into one output folder appends to the same
+    files, and a silo left out of this run still has its folder); None keeps every line.
+    """
     memory = {}
     for log in sorted((output_dir / "silos").glob("*/messages.jsonl")):
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        records = [r for r in records if "peak_rss_mib" in r]
+        records = [r for r in records if "peak_rss_mib" in r
+                   and (run_id is None or r.get("run_id") == run_id)]
         if not records:
             continue
         per_message: dict[str, list[float]] = {}
@@ -109,9 +114,10 @@ def build_report(output_dir: Path, run: dict, command: str) -> dict:
         pairs.append(pair)
     cfg = run.get("config", {})
     dataset = cfg.get("dataset", {})
-    memory = memory_by_silo(output_dir)
+    memory = memory_by_silo(output_dir, run.get("run_id"))
     report = {
         "command": command,
+        "run_id": run.get("run_id"),
         "task": dataset.get("name"),
         "pairs": [{"task": dataset.get("name"), "n_public": dataset.get("n_public"), **p}
                   for p in pairs],
@@ -126,7 +132,24 @@ def build_report(output_dir: Path, run: dict, command: str) -> dict:
     return report
 
 
+def _no_pair_completed(report: dict) -> list[str]:
+    """What a report says instead of its tables when no (querier, provider) pair ran: why."""
+    silos = report.get("silos", {})
+    lines = ["**No pair completed**: no (querier, provider) pair ran."]
+    if report["errors"]:
+        lines += ["", "Why (the silos' and the coordinator's errors):",
+                  *[f"- {e}" for e in report["errors"]]]
+    else:
+        roles = {role: [name for name, s in silos.items() if s.get("role") == role]
+                 for role in ("querier", "provider")}
+        lines += ["", f"Why: the silos that answered were {roles['querier'] or 'no querier'} "
+                  f"(queriers) and {roles['provider'] or 'no provider'} (providers), and a pair "
+                  "needs one of each (and, with `pairs`, a listed one)."]
+    return lines
+
+
 def render_markdown(report: dict) -> str:
+    """The run's Markdown report: the pairs' tables, or why no pair completed."""
     cfg = report["config"]
     he = cfg.get("he", {})
     lines = [
@@ -146,6 +169,12 @@ def render_markdown(report: dict) -> str:
            "security (HE Standard). Experiments only.**", ""]
           if he.get("allow_insecure") and "poly_modulus_degree" in he
           and not CKKSParams.from_config(he).is_secure else []),
+    ]
+    if not report["pairs"]:  # no table at all: an empty one renders as a broken `|  |`
+        return "\n".join([*lines, *_no_pair_completed(report), ""])
+    if not any(p.get("status") == "ok" for p in report["pairs"]):
+        lines += ["**No pair completed**: every pair failed (why: \"Failed pairs\" below).", ""]
+    lines += [
         markdown_table(report["pairs"]),
         "",
         "- native: the provider's head on its own embeddings of the query texts (no alignment).",

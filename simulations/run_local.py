@@ -91,8 +91,11 @@ def report_run(output_dir: Path, command: str, started: float) -> int:
     """Referee a finished run (its run.json), print the table and failures; the exit code."""
     run = json.loads((output_dir / "run.json").read_text())
     report = build_report(output_dir, run, command.strip())
-    print("\nReport, with the benchmark's plaintext references:")
-    print(format_table(report["pairs"]))
+    if report["pairs"]:
+        print("\nReport, with the benchmark's plaintext references:")
+        print(format_table(report["pairs"]))
+    else:
+        print("\nNo pair completed: no (querier, provider) pair ran (why: the errors below).")
     print(f"\nreport: {output_dir / 'report.md'}  ({time.perf_counter() - started:.0f} s)")
     failed = [p for p in report["pairs"] if p.get("status") != "ok"]
     for pair in failed:
@@ -103,8 +106,11 @@ def report_run(output_dir: Path, command: str, started: float) -> int:
     return 1 if failed or report["errors"] or not report["pairs"] else 0
 
 
-def check_silos(cfg) -> None:
-    """Fail before any worker starts: every silo's settings, the CKKS parameters, the roles."""
+def check_silos(cfg: DictConfig, *, data: bool = True) -> None:
+    """Fail before any worker starts: every silo's settings, the CKKS parameters, the roles, and
+    (``data``) every silo's model name and the corpus, its columns and its split, each error naming
+    the config key to change. Otherwise each would surface only once Ray and the silos are up, from
+    every silo, after the workers' tracebacks."""
     settings = [SiloSettings.from_config(cfg, name) for name in active_silos(cfg)]
     for role in ROLES:
         if not any(s.role == role for s in settings):
@@ -123,6 +129,30 @@ def check_silos(cfg) -> None:
     for querier, provider in parse_pairs(cfg.pairs) or []:
         if roles.get(querier) != "querier" or roles.get(provider) != "provider":
             raise ValueError(f"pair {querier}:{provider} is not a configured querier:provider pair")
+    if data:
+        check_data(settings)
+
+
+def check_data(settings: list[SiloSettings]) -> None:
+    """Every silo's model resolves here, and the corpus loads and splits as configured (the
+    silos share one corpus spec). Loads the corpus once (a second or two): the same function and
+    checks the silos run, so what passes here passes there."""
+    from silos.ood import class_map
+    from silos.registry import ModelNotInstalledError, check_model
+    from silos.runtime import load_benchmark, load_ood_texts
+
+    for s in settings:
+        try:
+            check_model(s.encoder.model)
+        except (ModelNotInstalledError, FileNotFoundError) as err:
+            raise ValueError(f"silos.{s.name}.model={s.encoder.model}: {err}") from None
+    spec = settings[0].corpus
+    corpus, _ = load_benchmark(spec)
+    load_ood_texts(spec)
+    try:
+        class_map(corpus.label_names, spec.holdout_classes)
+    except ValueError as err:
+        raise ValueError(f"dataset.holdout_classes={list(spec.holdout_classes)}: {err}") from None
 
 
 def _server_app():

@@ -50,8 +50,21 @@ def reply_content(reply: dict) -> RecordDict:
     return RecordDict({"reply": ConfigRecord(_without_empty_lists(reply))})
 
 
-def error_content(err: BaseException) -> RecordDict:
-    return RecordDict({"error": ConfigRecord({"type": type(err).__name__, "message": str(err)})})
+def error_content(err: BaseException, *, silo: str | None = None) -> RecordDict:
+    """An error reply; ``silo`` names the silo that failed, so that the coordinator can name it
+    even before it knows which node is which (a failed ``describe``)."""
+    record = {"type": type(err).__name__, "message": str(err)}
+    if silo is not None:
+        record["silo"] = silo
+    return RecordDict({"error": ConfigRecord(record)})
+
+
+def error_silo(message: Message) -> str | None:
+    """The silo an error reply says failed, if it says so (Flower's own errors never do)."""
+    if message.has_error() or "error" not in message.content:
+        return None
+    record = message.content["error"]
+    return str(record["silo"]) if "silo" in record else None
 
 
 def error_of(message: Message) -> str | None:

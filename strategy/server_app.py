@@ -22,11 +22,16 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_coordinator(PollingGrid(grid), load_config(str(context.run_config.get("overrides", ""))))
+    run_coordinator(PollingGrid(grid), load_config(str(context.run_config.get("overrides", ""))),
+                    run_id=context.run_id)
 
 
-def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
-    """Run the whole protocol over ``grid``; the summary is also written to output_dir/run.json."""
+def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -> dict:
+    """Run the whole protocol over ``grid``; the summary is also written to output_dir/run.json.
+
+    ``run_id`` (Flower's, the same on every silo) is recorded so that the report keeps only this
+    run's lines of the silos' ``messages.jsonl``, which every run into the same folder appends to.
+    """
     strategy = SecureAlignmentStrategy(
         batch_size=int(cfg.serve.batch_size),
         single_max=int(cfg.serve.single_max),
@@ -35,8 +40,9 @@ def run_coordinator(grid: Grid, cfg: DictConfig) -> dict:
         retries=int(cfg.serve.retries),
         min_nodes=len(active_silos(cfg)),
         pairs=parse_pairs(cfg.pairs),
+        expected=list(active_silos(cfg)),
     )
-    summary = strategy.start(grid)
+    summary = {"run_id": run_id, **strategy.start(grid)}
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     out = Path(str(cfg.run.output_dir)).expanduser()
     out.mkdir(parents=True, exist_ok=True)

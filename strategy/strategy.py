@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from strategy.protocol import Action, error_of, message_type, payload_bytes, request_content
+from strategy.protocol import (
+    Action,
+    error_of,
+    error_silo,
+    message_type,
+    payload_bytes,
+    request_content,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +84,16 @@ class SecureAlignmentStrategy:
     min_nodes : silos to wait for before starting (deployments connect over time).
     wait_for_nodes : seconds to wait for them.
     pairs : (querier, provider) names to run; None runs every querier with every provider.
+    expected : the silos the run config names; one that no node answers for is reported (else its
+        pairs would silently not exist), as is a name two nodes claim.
     """
 
     def __init__(self, *, batch_size: int = 4096, single_max: int = 64, timeout: float = 600.0,
                  serve_timeout: float | None = None, retries: int = 1,
                  min_nodes: int = 2,
                  wait_for_nodes: float = 120.0,
-                 pairs: list[tuple[str, str]] | None = None) -> None:
+                 pairs: list[tuple[str, str]] | None = None,
+                 expected: list[str] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -96,6 +106,7 @@ class SecureAlignmentStrategy:
         self.min_nodes = min_nodes
         self.wait_for_nodes = wait_for_nodes
         self.pairs = pairs
+        self.expected = expected
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _round(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
@@ -146,6 +157,9 @@ class SecureAlignmentStrategy:
                 results[node] = SiloError(name, action, f"no reply within {timeout:g} s",
                                           transient=True)
             elif (reason := error_of(reply)) is not None:
+                # Before discovery a target is only "node <id>": the silo's own error names it.
+                if name == _unnamed(node):
+                    name = error_silo(reply) or name
                 results[node] = SiloError(name, action, reason, transient=reply.has_error())
             else:
                 results[node] = reply.content["reply"]
@@ -166,16 +180,26 @@ class SecureAlignmentStrategy:
         while len(nodes) < self.min_nodes and time.monotonic() < deadline:
             time.sleep(1.0)
             nodes = list(grid.get_node_ids())
-        results = self._round(grid, [(n, f"node {n}") for n in nodes], Action.DESCRIBE, {},
+        results = self._round(grid, [(n, _unnamed(n)) for n in nodes], Action.DESCRIBE, {},
                               ledger, "discover")
-        silos, errors = {}, []
+        silos, errors, failed = {}, [], set()
         for node, result in results.items():
             if isinstance(result, SiloError):
                 errors.append(str(result))
+                failed.add(result.silo)
                 continue
             info = dict(result)
-            silos[str(info["silo"])] = Silo(node, str(info["silo"]), str(info["role"]),
-                                            str(info["model"]), info)
+            name = str(info["silo"])
+            if name in silos:  # two SuperNodes with the same silo= in their node config
+                errors.append(f"nodes {silos[name].node_id} and {node} both run silo {name!r}; "
+                              f"node {node} is left out (check each SuperNode's --node-config)")
+                continue
+            silos[name] = Silo(node, name, str(info["role"]), str(info["model"]), info)
+        for name in self.expected or []:
+            if name not in silos and name not in failed:
+                errors.append(f"silo {name!r} (in the run config) did not answer: none of the "
+                              f"{len(nodes)} connected node(s) answered as {name!r}; a deployed "
+                              f"SuperNode names its silo with --node-config 'silo=\"{name}\"'")
         return silos, errors
 
     def prepare(self, grid: Grid, silos: dict[str, Silo], ledger: Ledger) -> list[str]:
@@ -319,6 +343,12 @@ class SecureAlignmentStrategy:
             "pairs": pairs, "errors": errors,
             "seconds": {**run.seconds, "total": time.perf_counter() - started},
         }
+
+
+def _unnamed(node: int) -> str:
+    """How a node is named until its silo is known: only a failure that names no silo (no reply,
+    or an error Flower made) is reported so."""
+    return f"node {node}"
 
 
 def _plain(info: dict) -> dict:

@@ -44,7 +44,8 @@ def spying_server_app(log):
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_coordinator(SpyGrid(grid, log), load_config(context.run_config["overrides"]))
+        run_coordinator(SpyGrid(grid, log), load_config(context.run_config["overrides"]),
+                        run_id=context.run_id)
 
     return app
 
@@ -75,6 +76,8 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
     _, report, _ = tiny_run
     pairs = report["pairs"]
     assert {(p["querier"], p["provider"]) for p in pairs} == {("alice", "bob"), ("alice", "carol")}
+    # The run's id reached run.json and every silo's messages.jsonl lines: the report keeps them.
+    assert report["run_id"] is not None and set(report["memory"]) == {"alice", "bob", "carol"}
     for pair in pairs:
         assert pair["status"] == "ok", pair.get("error")
         assert pair["agreement"] == 1.0
