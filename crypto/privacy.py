@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 import tenseal.sealapi as seal
 
-from crypto.serialization import memfile, seal_version
+from crypto.serialization import assemble_ciphertext
 
 SEAL_SIGMA = 3.2  # SEAL's error standard deviation (util/globals: noise_standard_deviation)
 # A fresh query's noise as the querier knows it: SEAL's error plus its own encoding rounding.
@@ -213,31 +212,14 @@ def uniform_residues(nibbles: np.ndarray, bits: int, prime: int) -> np.ndarray:
 def coefficient_ciphertexts(kit, c0_residues: np.ndarray, level,
                             scale: float) -> tuple[seal.Ciphertext, seal.Ciphertext]:
     """(c0, 1) and (0, 1) in NTT form, c0 given per prime in coefficient form: their difference
-    adds c0 to a ciphertext's first half and nothing else.
-
-    sealapi cannot write coefficients, so each object is assembled in SEAL's own (uncompressed)
-    serialisation and loaded (SEAL checks every coefficient against its prime); the ``c1 = 1`` half
-    is there because SEAL refuses to move a ciphertext with ``c1 = 0`` (transparent) to NTT form."""
-    n_primes, n = c0_residues.shape
+    adds c0 to a ciphertext's first half and nothing else (SEAL refuses to move a ciphertext with
+    ``c1 = 0``, a transparent one, to NTT form)."""
     pair = []
     for first in (c0_residues, np.zeros_like(c0_residues)):
-        data = np.zeros((2, n_primes, n), dtype=np.uint64)
+        data = np.zeros((2, *c0_residues.shape), dtype=np.uint64)
         data[0] = first
         data[1, :, 0] = 1
-        array = struct.pack("<Q", data.size) + data.tobytes()
-        members = (struct.pack("<4Q", *level) + b"\x00"
-                   + struct.pack("<QQQdQ", 2, n, n_primes, scale, 1) + _header(len(array)) + array)
-        body = _header(len(members)) + members
-        file = memfile()
-        os.ftruncate(file.fd, 0)
-        os.pwrite(file.fd, body, 0)
-        ciphertext = seal.Ciphertext()
-        ciphertext.load(kit.context, file.path)
+        ciphertext = assemble_ciphertext(kit.context, data, level, scale, ntt_form=False)
         kit.evaluator.transform_to_ntt_inplace(ciphertext)
         pair.append(ciphertext)
     return pair[0], pair[1]
-
-
-def _header(payload: int) -> bytes:
-    """SEAL's 16-byte serialisation header (magic, size, version, no compression, total bytes)."""
-    return struct.pack("<HBBBBHQ", 0xA15E, 16, *seal_version(), 0, 0, 16 + payload)

@@ -18,8 +18,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import struct
 import threading
 from typing import Any
+
+import numpy as np
 
 DIGEST_BYTES = 16
 TAG_BYTES = 8
@@ -40,11 +43,6 @@ class _MemFile(threading.local):
 
 
 _FILE = _MemFile()
-
-
-def memfile() -> _MemFile:
-    """This thread's anonymous file, for code that hands SEAL bytes it assembled itself."""
-    return _FILE
 
 
 @functools.cache
@@ -95,3 +93,30 @@ def load_into(obj: Any, seal_context: Any, data: bytes, what: str = "ciphertext"
     except Exception as err:  # SEAL raises bare ValueError/RuntimeError on bad or foreign data
         raise CiphertextError(f"{what}: not valid for these parameters ({err})") from None
     return obj
+
+
+def assemble_ciphertext(seal_context: Any, data: np.ndarray, level: Any, scale: float, *,
+                        ntt_form: bool) -> Any:
+    """A SEAL ciphertext with the given residues, (parts, primes, N) uint64 at ``level``.
+
+    sealapi can read a ciphertext's coefficients but not write them, so the object is assembled in
+    SEAL's own uncompressed serialisation and loaded: SEAL checks every residue against its prime.
+    """
+    import tenseal.sealapi as seal
+
+    parts, n_primes, n = data.shape
+    array = struct.pack("<Q", data.size) + np.ascontiguousarray(data, dtype=np.uint64).tobytes()
+    members = (struct.pack("<4Q", *level) + (b"\x01" if ntt_form else b"\x00")
+               + struct.pack("<QQQdQ", parts, n, n_primes, scale, 1) + _seal_header(len(array))
+               + array)
+    body = _seal_header(len(members)) + members
+    os.ftruncate(_FILE.fd, 0)
+    os.pwrite(_FILE.fd, body, 0)
+    ciphertext = seal.Ciphertext()
+    ciphertext.load(seal_context, _FILE.path)
+    return ciphertext
+
+
+def _seal_header(payload: int) -> bytes:
+    """SEAL's 16-byte serialisation header (magic, size, version, no compression, total bytes)."""
+    return struct.pack("<HBBBBHQ", 0xA15E, 16, *seal_version(), 0, 0, 16 + payload)

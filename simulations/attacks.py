@@ -29,8 +29,6 @@ passed (it knows when a solve failed). ``crypto.privacy`` is what makes them fai
 from __future__ import annotations
 
 import math
-import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +37,7 @@ import tenseal.sealapi as seal
 
 from crypto import CkksKit, CrossProductPacking, EncryptedLinearHead, SinglePlan, encrypt_queries
 from crypto.privacy import CircuitPrivacy, coefficient_ciphertexts
-from crypto.serialization import memfile, seal_version
+from crypto.serialization import assemble_ciphertext
 
 Serve = Callable[[list[bytes]], list[bytes]]
 
@@ -110,27 +108,12 @@ def raw_decryption(kit: CkksKit, ct: seal.Ciphertext) -> np.ndarray:
     return flat.reshape(ct.coeff_modulus_size(), ct.poly_modulus_degree())
 
 
-def _header(payload: int) -> bytes:
-    return struct.pack("<HBBBBHQ", 0xA15E, 16, *seal_version(), 0, 0, 16 + payload)
-
-
 def to_coefficients(kit: CkksKit, ntt: np.ndarray, level) -> np.ndarray:
-    """(primes, N) NTT-form residues to coefficient form, by SEAL's own inverse NTT.
-
-    sealapi transforms only ciphertexts and cannot write coefficients, so the residues become the
-    c0 of an NTT-form ciphertext assembled in SEAL's uncompressed serialisation (c1 = 1)."""
-    n_primes, n = ntt.shape
-    data = np.ones((2, n_primes, n), dtype=np.uint64)
+    """(primes, N) NTT-form residues to coefficient form, by SEAL's own inverse NTT (on an
+    assembled NTT-form ciphertext whose c0 they are; c1 = 1)."""
+    data = np.ones((2, *ntt.shape), dtype=np.uint64)
     data[0] = ntt
-    array = struct.pack("<Q", data.size) + data.tobytes()
-    members = (struct.pack("<4Q", *level) + b"\x01"
-               + struct.pack("<QQQdQ", 2, n, n_primes, 2.0**20, 1) + _header(len(array)) + array)
-    body = _header(len(members)) + members
-    file = memfile()
-    os.ftruncate(file.fd, 0)
-    os.pwrite(file.fd, body, 0)
-    ct = seal.Ciphertext()
-    ct.load(kit.context, file.path)
+    ct = assemble_ciphertext(kit.context, data, level, 2.0**20, ntt_form=True)
     kit.evaluator.transform_from_ntt_inplace(ct)
     return residues(ct)[0]
 
