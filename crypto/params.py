@@ -29,6 +29,9 @@ MAX_LOG_Q = {  # the same table at every security level it lists
 # Fewest bits a plaintext weight may be encoded with: 2^-16 relative error per weight keeps the
 # protocol's 1e-3 absolute error with several thousand terms summed.
 MIN_WEIGHT_SCALE_BITS = 16
+# Largest standard deviation the flooding may add to a decrypted result: 1e-4 keeps the protocol's
+# 1e-3 absolute error over 10,000 queries (4.4 σ).
+MAX_FLOODING_ERROR = 1e-4
 
 
 class InsecureParametersError(ValueError):
@@ -211,6 +214,12 @@ class CKKSParams:
         for bits in range(min(self.weight_scale_bits, room), MIN_WEIGHT_SCALE_BITS - 1, -1):
             flood = 0.0 if flood_bits_at is None else flood_bits_at(2.0**bits)
             if flood <= level_bits - 2:
+                # The flooding's error in every decoded slot: std B·√(N/3) over the result's scale.
+                error = 2.0 ** (flood - input_bits - bits) * math.sqrt(self.poly_modulus_degree / 3)
+                if flood and error > MAX_FLOODING_ERROR:
+                    raise InsecureParametersError(
+                        f"the flooding (2^{flood:.0f}) would leave errors of ~{error:.1e} in every "
+                        f"result at input scale 2^{input_bits:g}: raise the input scale")
                 return 2.0**bits
         raise InsecureParametersError(
             f"results up to {bound:.3g} at input scale 2^{input_bits:g} need {input_bits:g} + "
