@@ -2,7 +2,7 @@
 # make test  — the test suite (tiny in-memory models), set-up included
 # make test-slow — real packaged models (minutes)
 # make test-deploy — real SuperLink + SuperNode processes, TLS and node auth (minutes)
-# make evaluate — the paper's evaluation suite into reports/evaluation (~30 min; ARGS=--quick ~3 min)
+# make evaluate — the paper's evaluation suite into reports/evaluation (~30 min; ARGS=--quick ~5 min)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
