@@ -271,7 +271,7 @@ def markdown(head: list[dict], fit: list[dict], command: str, load: str = "") ->
 
 
 def targets(head: list[dict], fit: list[dict]) -> list[tuple[str, str, bool]]:
-    """The issue's targets against this run's rows (those it measured)."""
+    """The project's performance targets against this run's rows (those it measured)."""
     def pick(path: str, d: int, k: int, batch: int | None = None) -> dict | None:
         return next((r for r in head if r["path"] == path and r["protection"] == "on"
                      and (r["d"], r["K"], r["N"]) == (d, k, 8192)
@@ -306,7 +306,7 @@ README_START, README_END = "<!-- bench_crypto:start -->", "<!-- bench_crypto:end
 
 
 def readme_summary(head: list[dict], fit: list[dict], command: str) -> str:
-    """The README's performance block: the issue's target rows, from this run only."""
+    """The README's performance block: the headline rows, from this run only."""
     def pick(path: str, d: int, k: int, batch: int | None = None) -> dict | None:
         return next((r for r in head if r["path"] == path and r["d"] == d and r["K"] == k
                      and r["N"] == min(x["N"] for x in head)
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         if index == 0:  # what the protection costs, in the same run
             head.append(bench.single(args.reps, protect=False))
             head.append(bench.batched(max(args.batches), max(1, args.reps // 2), protect=False))
-        if index == 0 and args.check_queries:  # the 10,000-query check of the issue
+        if index == 0 and args.check_queries:  # every path checked on 10,000 random queries
             for path in ("single", "batched"):
                 row = next(r for r in head[::-1] if r["path"] == path and r["protection"] == "on")
                 row.update(check_many(bench, path, args.check_queries))

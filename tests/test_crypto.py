@@ -157,7 +157,7 @@ def test_single_query_without_its_galois_keys_is_refused(querier):
 
 
 def test_bias_is_added_after_the_product(querier):
-    # DESIGN.md's pitfall: a bias added before the weights would come back multiplied by them.
+    # A bias added before the weights would come back multiplied by them.
     V, c = np.full((4, 2), 0.5), np.array([10.0, -3.0])
     Z = np.ones((1, 4))
     for path, steps in (("batched", []), ("single", SinglePlan(4, 2, querier.slots).rotation_steps)):
