@@ -18,8 +18,7 @@ querier solves for Y itself (``simulations/attacks.py``); that layout exists for
 Each reply is then protected (``crypto.privacy``).
 
 ``plan`` picks the part size R (and T, for the attack's layout) to minimise multiplies + rotations
-(a rotation costs ~12 multiplies at the fitting's level, measured by
-``simulations/bench_crypto.py``).
+(a rotation costs ~12 multiply-adds at the fitting's level: ``ROTATION_COST``).
 """
 
 from __future__ import annotations
@@ -36,8 +35,9 @@ from crypto.kit import CkksKit
 from crypto.privacy import CircuitPrivacy, NoiseBound, key_switch_variance, plain_norm_sq
 from crypto.processes import Helper
 
-# One rotation ≈ this many multiply-adds at the fitting's level (N=8192, three data primes: a
-# rotation 1.9 ms, a multiply-add 0.16 ms on this machine); it only steers plan()'s choice of R.
+# One rotation ≈ this many multiply-adds at the fitting's level (N=8192, three data primes, this
+# machine, timed with CkksKit directly: a rotation 2.0 ms, a multiply 0.13 ms plus the add); it
+# only steers plan()'s choice of R.
 ROTATION_COST = 12.0
 
 

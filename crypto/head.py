@@ -43,10 +43,10 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-# Cost of one more query ciphertext (encode + encrypt + send) in rotations at the query level:
-# at N=8192 on this machine, encode + encrypt 1.5 ms against a rotation's 1.25 ms (two data primes;
-# simulations/bench_crypto.py prints both as encrypt_ms and rotation_ms). Only the choice of
-# ``copies`` depends on it, and only when the two are within a factor of ~2.
+# Cost of one more query ciphertext in rotations at the query level (N=8192, two data primes, this
+# machine, timed with CkksKit directly): encode + encrypt 1.5 ms against a rotation's 1.25 ms;
+# with the seeded ciphertext's serialisation it is 2.2 ms (a ratio of 1.8, which picks the same
+# ``copies`` at d=384, K=5). Only the choice of ``copies`` depends on it.
 ENCRYPTION_COST = 1.2
 
 

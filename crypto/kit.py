@@ -11,8 +11,8 @@ keys for its steps. Public and Galois keys can encrypt and evaluate, never decry
 is only ever serialised by :meth:`CkksKit.secret_key_bytes`, for the querier's own node state.
 
 Levels: the fitting's public embeddings are encrypted on every data prime (``fit_level``), queries
-on all but the last (``query_level``), and every reply is rescaled to the first prime alone
-(``reply_level``) once it is protected.
+on all but the last (``query_level``), and every reply is rescaled to the first prime alone once
+it is protected (``crypto.privacy``).
 """
 
 from __future__ import annotations
@@ -138,12 +138,10 @@ class CkksKit:
         """The secret key, for the querier's own node state only."""
         return dump(self._require_secret())
 
-    def public_bytes(self, rotation_steps: Iterable[int] = (), *, public_key: bool = True) -> bytes:
+    def public_bytes(self, rotation_steps: Iterable[int] = ()) -> bytes:
         """Parameters + the public key + Galois keys for ``rotation_steps`` only.
 
-        Keys are generated seeded (SEAL halves their size); nothing here can decrypt.
-        ``public_key=False`` leaves it out: a provider then cannot re-randomise its replies, and
-        refuses to serve unless its policy turns the protection off.
+        Galois keys are generated seeded (SEAL halves their size); nothing here can decrypt.
         """
         self._require_secret()
         steps = sorted({int(s) % self.slots for s in rotation_steps} - {0})
@@ -151,8 +149,8 @@ class CkksKit:
         if steps:
             elements = [galois_element(s, self.params.poly_modulus_degree) for s in steps]
             keys = dump(self._keygen.create_galois_keys(elements), self._tag)
-        pk = dump(self._public_key(), self._tag) if public_key else b""
-        return _join(self.params.to_json().encode(), self._tag, pk, keys)
+        return _join(self.params.to_json().encode(), self._tag,
+                     dump(self._public_key(), self._tag), keys)
 
     def _public_key(self) -> seal.PublicKey:
         """The querier's public key, made once per kit (sealapi cannot return SEAL's seeded form:
@@ -207,10 +205,6 @@ class CkksKit:
     @property
     def query_level(self):
         return self.context.first_context_data().next_context_data().parms_id()
-
-    @property
-    def reply_level(self):
-        return self.context.last_parms_id()
 
     def prime_bits(self, ciphertext: seal.Ciphertext) -> list[int]:
         """Bit sizes of the primes ``ciphertext`` lives on."""

@@ -5,8 +5,8 @@ only additions and rotations, then the reply's protection (``crypto.privacy``): 
 of zero and a flooding polynomial 2^40·N times the weight-dependent noise. So a result must sit at a
 scale far above its noise: queries are encrypted on all data primes but the last (``query_bits``,
 120 by default) at a high input scale, the fitting's public embeddings on every data prime
-(``data_bits``, 158). A protected reply is rescaled to the first prime alone (``reply_bits``), its
-smallest form. The last prime of the chain is SEAL's special prime for key switching.
+(``data_bits``, 158). A protected reply is rescaled to the first prime alone, its smallest form.
+The last prime of the chain is SEAL's special prime for key switching.
 """
 
 from __future__ import annotations
@@ -123,11 +123,6 @@ class CKKSParams:
     def query_bits(self) -> int:
         """Bits of a ciphertext at the query level (all data primes but the last)."""
         return sum(self.coeff_mod_bit_sizes[:-2])
-
-    @property
-    def reply_bits(self) -> int:
-        """Bits of a protected reply (the first prime only)."""
-        return self.coeff_mod_bit_sizes[0]
 
     def check(self, *, min_security_bits: int | None = None) -> CKKSParams:
         """Raise InsecureParametersError unless the set is secure and can hold the protocol.

@@ -132,10 +132,6 @@ class CircuitPrivacy:
         """No protection at all: the reply as the bare computation leaves it."""
         return cls(kit, bits=0, rerandomize=False, rescale=False)
 
-    @property
-    def enabled(self) -> bool:
-        return self.bits > 0 or self.rerandomize
-
     def flood_bits(self, noise: NoiseBound) -> float:
         """log2 B for a ciphertext of this noise (0 when flooding is off)."""
         if self.bits == 0:
