@@ -10,7 +10,9 @@ its own policy (``settings.policy``, silos/policy.py), never the querier's or th
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import time
 
 import numpy as np
@@ -22,6 +24,7 @@ from silos.budget import QueryBudget
 from silos.data import TextTable, encode_labels
 from silos.head import LinearHead
 from silos.runtime import embed, load_source
+from silos.saving import atomic_write
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -66,8 +69,17 @@ class Provider:
         for task, table in self._tasks().items():
             info["tasks"].append(task)
             info[f"classes.{task}"] = encode_labels(table.labels)["label_names"]
-            info[f"head.{task}"] = self._head_key(table)
+            info[f"head.{task}"] = self._head_tag(self._head_key(table))
         return info
+
+    def _head_tag(self, key: str) -> str:
+        """What the querier is told of a head: a tag that changes with it (its stored answers are
+        keyed by it), an HMAC under a salt this provider keeps, so that the tag cannot confirm a
+        guess of its private data the way a bare hash of it would."""
+        path = self.settings.workdir / "heads" / "salt"
+        if not path.exists():
+            atomic_write(path, lambda tmp: tmp.write_bytes(os.urandom(32)))
+        return hmac.new(path.read_bytes(), key.encode(), hashlib.sha256).hexdigest()
 
     def prepare(self, request: ConfigRecord) -> dict:
         """A head per task: the stored one if trained from the same data (and public texts, and

@@ -15,7 +15,7 @@ from silos.policy import ProviderPolicy
 from strategy.protocol import ROLES
 
 SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "policy",
-             "task", "queries", "tasks"}
+             "public", "task", "queries", "tasks"}
 SOURCE_KEYS = {"source", "text_column", "label_column", "id_column", "hf_split"}
 
 
@@ -157,10 +157,16 @@ class SiloSettings:
 
 
 def _data_roles(cfg: DictConfig, name: str, silo: DictConfig) -> dict:
-    """The silo's data roles from ``public``, its own section and the ``columns`` defaults."""
+    """The silo's data roles from ``public`` (or the silo's own copy, ``silos.NAME.public``), its
+    own section and the ``columns`` defaults."""
     columns = cfg.columns
     public = None
-    if cfg.public.get("source") is not None:
+    own = silo.get("public")
+    if own is not None:
+        own = {"source": own} if isinstance(own, str) else own
+        public = DataSource(str(own["source"]), str(own.get("text_column", cfg.public.text_column)),
+                            None, None, str(own.get("hf_split", cfg.public.hf_split)))
+    elif cfg.public.get("source") is not None:
         public = DataSource(str(cfg.public.source), str(cfg.public.text_column), None, None,
                             str(cfg.public.hf_split))
     if silo.role == "querier":

@@ -173,3 +173,33 @@ def benchmark_overrides(cfg: DictConfig) -> list[str]:
         elif silo.get("role") == "provider" and silo.get("tasks") is None:
             out.append(f"silos.{name}.tasks.{task}.source={files['task']}")
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simulations.benchmark --out DIR [KEY=VALUE ...]``: write the preset's files."""
+    import argparse
+    import sys
+
+    from conf import load_config
+
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.benchmark",
+        description="Write the benchmark preset's three data roles (public.jsonl, "
+                    "tasks/<task>.jsonl, queries.jsonl) from one corpus, split as the dataset.* "
+                    "keys say (conf/default.yaml): e.g. to hand each deployed silo its files.")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write them to")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. dataset.n_query=100")
+    args = parser.parse_args(argv)
+    try:
+        files = write_benchmark(load_config(args.overrides), args.out)
+    except (KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    for role, path in files.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

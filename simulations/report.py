@@ -21,17 +21,19 @@ from silos.head import LinearHead
 from silos.ood import OOD_LABEL, ood_metrics
 from silos.predictions import Predictions
 from silos.runtime import embed, load_source
-from silos.settings import SiloSettings
+from silos.settings import SiloSettings, node_settings
 from strategy.table import markdown_table
 
 
-def pair_inputs(cfg: dict, pair: dict) -> dict:
+def pair_inputs(cfg: dict, pair: dict, node_configs: dict[str, dict] | None = None) -> dict:
     """Everything a plaintext reference of one pair needs: both silos' scaled embeddings of the
     public texts (fit and held-out parts) and of the querier's texts, the querier's map, the
-    provider's head, the decrypted predictions and the truth (``OOD_LABEL``: no class of it)."""
+    provider's head, the decrypted predictions and the truth (``OOD_LABEL``: no class of it).
+    ``node_configs``: a deployment's (each silo names its own data there)."""
     config = OmegaConf.create(cfg)
-    q = SiloSettings.from_config(config, pair["querier"])
-    p = SiloSettings.from_config(config, pair["provider"])
+    q, p = (node_settings(config, {"silo": name, **(node_configs or {}).get(name, {})})
+            if node_configs else SiloSettings.from_config(config, name)
+            for name in (pair["querier"], pair["provider"]))
     task = pair["task"]
     queries = load_source(q.queries, f"silos.{q.name}.queries", labels="optional")
     public = load_source(q.public, "public", labels="none").texts
@@ -53,9 +55,9 @@ def pair_inputs(cfg: dict, pair: dict) -> dict:
     }
 
 
-def referee_pair(cfg: dict, pair: dict) -> dict:
+def referee_pair(cfg: dict, pair: dict, node_configs: dict[str, dict] | None = None) -> dict:
     """Accuracies of the native, encrypted, aligned and plaintext-fit paths, and their agreement."""
-    inputs = pair_inputs(cfg, pair)
+    inputs = pair_inputs(cfg, pair, node_configs)
     head, encrypted_fit, truth = inputs["head"], inputs["map"], inputs["truth"]
     plaintext_fit = AffineMap(alpha=encrypted_fit.alpha).fit(
         np.vstack([inputs["x_fit"], inputs["x_val"]]), np.vstack([inputs["y_fit"], inputs["y_val"]]))
@@ -130,13 +132,15 @@ def memory_by_silo(output_dir: Path, run_id: int | None = None) -> dict[str, dic
     return memory
 
 
-def build_report(output_dir: Path, run: dict, command: str) -> dict:
-    """Merge the run summary with the referee's figures; write report.json and report.md."""
+def build_report(output_dir: Path, run: dict, command: str, *,
+                 node_configs: dict[str, dict] | None = None) -> dict:
+    """Merge the run summary with the referee's figures; write report.json and report.md.
+    ``node_configs``: a deployment's, whose silos name their own data."""
     pairs = []
     for pair in run["pairs"]:
         pair = dict(pair)
         if pair.get("status") == "ok":
-            pair.update(referee_pair(run["config"], pair))
+            pair.update(referee_pair(run["config"], pair, node_configs))
         pairs.append(pair)
     cfg = run.get("config", {})
     memory = memory_by_silo(output_dir, run.get("run_id"))

@@ -21,11 +21,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from omegaconf import DictConfig
 
-from conf import active_silos, he_presets, load_config, parse_pairs
+from conf import active_silos, file_overrides, he_presets, load_config, parse_pairs
 from silos.data import PACKAGED_DATASETS
 from silos.registry import PACKAGED_MODELS
 from silos.settings import SiloSettings
-from simulations.benchmark import benchmark_overrides
+from simulations.benchmark import benchmark_overrides, benchmark_rows
 from simulations.engine import simulate
 from simulations.report import build_report
 from strategy.protocol import ROLES
@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        help="a YAML file of overrides (nested keys of conf/default.yaml), e.g. "
+                             "each organisation's data; KEY=VALUE pairs apply on top")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides (OmegaConf dotlist), e.g. dataset.n_query=200")
     parser.add_argument("--verbose", action="store_true", help="Flower debug logs")
@@ -63,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.config is not None:
+            args.overrides = [*file_overrides(args.config), *args.overrides]
         cfg, output_dir, overrides = load_run(args.overrides)
     except (KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
@@ -97,10 +102,12 @@ def load_run(cli_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
     return cfg, output_dir, overrides
 
 
-def report_run(output_dir: Path, command: str, started: float) -> int:
-    """Referee a finished run (its run.json), print the table and failures; the exit code."""
+def report_run(output_dir: Path, command: str, started: float, *,
+               node_configs: dict[str, dict] | None = None) -> int:
+    """Referee a finished run (its run.json), print the table and failures; the exit code.
+    ``node_configs``: a deployment's, whose silos name their own data."""
     run = json.loads((output_dir / "run.json").read_text())
-    report = build_report(output_dir, run, command.strip())
+    report = build_report(output_dir, run, command.strip(), node_configs=node_configs)
     if report["pairs"]:
         print("\nReport, with the benchmark's plaintext references:")
         print(format_table(report["pairs"]))
@@ -139,21 +146,31 @@ def check_silos(cfg: DictConfig, *, data: bool = True) -> None:
     for querier, provider in parse_pairs(cfg.pairs) or []:
         if roles.get(querier) != "querier" or roles.get(provider) != "provider":
             raise ValueError(f"pair {querier}:{provider} is not a configured querier:provider pair")
-    if data:
+    if data and cfg.public.get("source") is None:  # the preset's corpus, split as configured
+        check_models(settings)
+        benchmark_rows(cfg)
+    elif data:
+        check_models(settings)
         check_data(settings)
 
 
-def check_data(settings: list[SiloSettings]) -> None:
-    """Every silo's model resolves here, and every data role loads: the same functions and checks
-    the silos run (a second or two), so what passes here passes there."""
+def check_models(settings: list[SiloSettings]) -> None:
+    """Every silo's model resolves here (installed, or a path that exists)."""
     from silos.registry import ModelNotInstalledError, check_model
-    from silos.runtime import load_source
 
     for s in settings:
         try:
             check_model(s.encoder.model)
         except (ModelNotInstalledError, FileNotFoundError) as err:
             raise ValueError(f"silos.{s.name}.model={s.encoder.model}: {err}") from None
+
+
+def check_data(settings: list[SiloSettings]) -> None:
+    """Every data role loads: the same functions and checks the silos run (a second or two), so
+    what passes here passes there."""
+    from silos.runtime import load_source
+
+    for s in settings:
         load_source(s.public, "public", labels="none")
         if s.role == "querier":
             load_source(s.queries, f"silos.{s.name}.queries", labels="optional")

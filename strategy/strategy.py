@@ -396,7 +396,8 @@ class SecureAlignmentStrategy:
         pairs, refused, pairing_errors = self.pair_up(silos)
         errors += pairing_errors
         involved = {s.name: s for pair in pairs for s in pair}
-        errors += self.prepare(grid, involved, run)
+        errors += self.prepare(grid, involved, run)  # a silo that fails leaves with its pairs
+        pairs = [(q, p) for q, p in pairs if q.name in involved and p.name in involved]
         results = list(refused)
         for querier, provider in pairs:
             ledger = Ledger()
@@ -404,9 +405,6 @@ class SecureAlignmentStrategy:
                     "querier_model": querier.model, "provider_model": provider.model,
                     "task": querier.info["task"], "n_queries": querier.info.get("n_queries")}
             try:
-                if querier.name not in involved or provider.name not in involved:
-                    failed = querier if querier.name not in involved else provider
-                    raise SiloError(failed.name, Action.PREPARE, "it failed to prepare")
                 pair.update(self.align(grid, querier, provider, ledger))
                 pair.update(self.serve(grid, querier, provider, ledger))
                 pair["status"] = "ok"

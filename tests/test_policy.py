@@ -34,7 +34,7 @@ def new_run_state() -> RecordDict:
     """A provider's ``context.state`` at the start of a run: nothing but its (re-trained) head."""
     state = RecordDict()
     rng = np.random.default_rng(0)
-    put_arrays(state, "provider.head", coef=rng.normal(size=(D, K)) / np.sqrt(D),
+    put_arrays(state, "provider.head.news", coef=rng.normal(size=(D, K)) / np.sqrt(D),
                intercept=rng.normal(size=K))
     return state
 
@@ -54,7 +54,7 @@ def deployed_bob(tmp_path, policy_text: str, *overrides: str) -> Provider:
 
 def request(kit: CkksKit, n: int = 3, **extra) -> ConfigRecord:
     z = np.random.default_rng(n).uniform(-1, 1, (n, D))
-    return ConfigRecord({"querier": "alice", "path": "batched", "n": n,
+    return ConfigRecord({"querier": "alice", "task": "news", "path": "batched", "n": n,
                          "ciphertexts": encrypt_queries(kit, z, path="batched", n_classes=K),
                          "context": kit.public_bytes([]), **extra})
 
