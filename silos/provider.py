@@ -19,11 +19,10 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from crypto import CircuitPrivacy, CkksKit, CrossProductPacking, EncryptedLinearHead, query_capacity
-from silos.alignment import public_parts, scale_of
 from silos.budget import QueryBudget
 from silos.data import TextTable, encode_labels
 from silos.head import LinearHead
-from silos.runtime import embed, load_source
+from silos.runtime import embed, load_source, public_space
 from silos.saving import atomic_write
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -114,12 +113,7 @@ class Provider:
         """The scaled public embeddings (fit and held-out parts): embedded on first use only, so
         a run whose heads and the querier's maps are all stored never embeds them."""
         if "provider.public" not in self.state:
-            s = self.settings
-            public = embed(s.encoder, self._public_texts().texts, s.cache_dir)
-            scale = scale_of(public)
-            fit_ix, val_ix = public_parts(len(public), holdout=s.holdout, seed=s.seed)
-            put_arrays(self.state, "provider.public", y_fit=public[fit_ix] / scale,
-                       y_val=public[val_ix] / scale, scale=np.array([scale]))
+            put_arrays(self.state, "provider.public", **public_space(self.settings))
         return get_arrays(self.state, "provider.public", NOT_PREPARED)
 
     @staticmethod
@@ -165,7 +159,7 @@ class Provider:
         public = self._public()
         kit = self._receive_context(request)
         d_in, bound = int(request["d_in"]), self._x_bound(request)
-        y_fit, y_val = public["y_fit"], public["y_val"]
+        y_fit, y_val = public["fit"], public["val"]
         reply = {"d_out": int(y_fit.shape[1])}
         privacy = self._privacy(kit)
         fit = CrossProductPacking.plan(len(y_fit), d_in, y_fit.shape[1], kit.slots)
@@ -175,7 +169,7 @@ class Provider:
             val = CrossProductPacking.plan(len(y_val), d_in, y_val.shape[1], kit.slots)
             reply["val"] = val.multiply(kit, list(request["val"]), y_val, x_bound=bound,
                                         workers=self.settings.workers, privacy=privacy)
-            reply["y_sq_sum_val"] = float(np.sum(public["y_val"].astype(np.float64) ** 2))
+            reply["y_sq_sum_val"] = float(np.sum(public["val"].astype(np.float64) ** 2))
         reply["seconds"] = time.perf_counter() - start
         return reply
 
@@ -188,7 +182,7 @@ class Provider:
             raise PermissionError(f"provider {self.settings.name!r} does not answer the cosine "
                                   "round: its policy's allow_cosine is false")
         start = time.perf_counter()
-        y_val = self._public()["y_val"].astype(np.float64)
+        y_val = self._public()["val"].astype(np.float64)
         kit = self._receive_context(request)
         packing = CrossProductPacking.plan(len(y_val), int(request["d_in"]), y_val.shape[1],
                                            kit.slots)

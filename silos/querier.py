@@ -18,10 +18,10 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, encrypt_queries
-from silos.alignment import AffineMap, augment, fit_quality, public_parts, scale_of
+from silos.alignment import AffineMap, augment, fit_quality
 from silos.output_policy import OutputPolicy
 from silos.predictions import Predictions, ServingParts, ensemble
-from silos.runtime import embed, load_source
+from silos.runtime import embed, load_source, public_space
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -117,12 +117,7 @@ class Querier:
         """The scaled public embeddings, fit and held-out parts: embedded on first use only (a
         run that reuses every map never embeds the public texts)."""
         if "querier.public" not in self.state:
-            s = self.settings
-            public = embed(s.encoder, self._public_texts().texts, s.cache_dir)
-            scale = scale_of(public)
-            fit_ix, val_ix = public_parts(len(public), holdout=s.holdout, seed=s.seed)
-            put_arrays(self.state, "querier.public", x_fit=public[fit_ix] / scale,
-                       x_val=public[val_ix] / scale, scale=np.array([scale]))
+            put_arrays(self.state, "querier.public", **public_space(self.settings))
         return get_arrays(self.state, "querier.public", NOT_PREPARED)
 
     def upload(self, request: ConfigRecord) -> dict:
@@ -132,13 +127,13 @@ class Querier:
         d_out = int(request["d_out"])
         public = self._public()
         kit = self._kit()
-        fit = self._packing(len(public["x_fit"]), d_out)
-        reply = {"fit": fit.encrypt(kit, augment(public["x_fit"]), progress=True),
-                 "d_in": fit.d_in, "n_fit": fit.n, "n_val": len(public["x_val"]), "x_bound": 1.0}
+        fit = self._packing(len(public["fit"]), d_out)
+        reply = {"fit": fit.encrypt(kit, augment(public["fit"]), progress=True),
+                 "d_in": fit.d_in, "n_fit": fit.n, "n_val": len(public["val"]), "x_bound": 1.0}
         steps = set(fit.rotation_steps)
-        if len(public["x_val"]):
-            val = self._packing(len(public["x_val"]), d_out)
-            reply["val"] = val.encrypt(kit, augment(public["x_val"]))
+        if len(public["val"]):
+            val = self._packing(len(public["val"]), d_out)
+            reply["val"] = val.encrypt(kit, augment(public["val"]))
             steps.update(val.rotation_steps)
         reply["context"] = kit.public_bytes(steps)
         reply["seconds"] = time.perf_counter() - start
@@ -156,20 +151,20 @@ class Querier:
         d_out = int(request["d_out"])
         public = self._public()
         kit = self._kit()
-        xty_fit = self._packing(len(public["x_fit"]), d_out).decrypt(kit, list(request["fit"]))
-        xa_fit = augment(public["x_fit"])
+        xty_fit = self._packing(len(public["fit"]), d_out).decrypt(kit, list(request["fit"]))
+        xa_fit = augment(public["fit"])
         xtx_fit = xa_fit.T @ xa_fit
         n_fit = len(xa_fit)
-        has_val = len(public["x_val"]) > 0
+        has_val = len(public["val"]) > 0
         s = self.settings
         # Without a held-out part (holdout=0) nothing is scored and default_alpha is used.
         candidates = s.alphas if s.select_alpha and has_val else (s.default_alpha,)
         r2, held_out_maps = {}, {}
         xtx_val, xty_val = np.zeros_like(xtx_fit), np.zeros_like(xty_fit)
         if has_val:
-            xa_val = augment(public["x_val"])
+            xa_val = augment(public["val"])
             xtx_val = xa_val.T @ xa_val
-            val = self._packing(len(public["x_val"]), d_out)
+            val = self._packing(len(public["val"]), d_out)
             xty_val = val.decrypt(kit, list(request["val"]))
             for alpha in candidates:
                 held_out_maps[alpha] = AffineMap(alpha).fit_from_stats(
@@ -184,8 +179,8 @@ class Querier:
                  "alpha": np.array([alpha])}
         if has_val and s.cosine:  # optional: the provider's policy must allow it
             held_out = held_out_maps[alpha]
-            norms = np.linalg.norm(held_out.transform(public["x_val"]), axis=1)
-            rows = augment(public["x_val"]) / np.maximum(norms, 1e-12)[:, None]
+            norms = np.linalg.norm(held_out.transform(public["val"]), axis=1)
+            rows = augment(public["val"]) / np.maximum(norms, 1e-12)[:, None]
             row_scale = 1.0 / max(1.0, float(np.abs(rows).max()))  # keep |row| <= 1, as for X̃
             reply["rows"] = val.encrypt(kit, rows * row_scale)
             stats.update(held_out_coef=held_out.augmented_coef(), row_scale=np.array([row_scale]))
@@ -205,7 +200,7 @@ class Querier:
                            f"no alignment statistics for provider {provider!r} (send 'select')")
         alpha = float(stats["alpha"][0])
         public = self._public()
-        n_fit, n_val = len(public["x_fit"]), len(public["x_val"])
+        n_fit, n_val = len(public["fit"]), len(public["val"])
         cosine, r2 = float("nan"), float("nan")
         if n_val:
             r2 = float(stats["r2"][0])

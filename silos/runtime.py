@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from silos.alignment import public_parts, scale_of
 from silos.data import PACKAGED_DATASETS, DataSource, MissingColumnError, TextTable, read_table
 from silos.embedding_cache import cached_embeddings, encode_cached
 from silos.registry import resolve_model
-from silos.settings import EncoderSpec
+from silos.settings import EncoderSpec, SiloSettings
 
 if TYPE_CHECKING:
     from silos.encoders import Encoder
@@ -81,3 +82,14 @@ def load_source(source: DataSource | None, key: str, *, labels: str = "required"
         raise ValueError(f"{key}.source={source.source}: a task needs at least two classes, "
                          f"got {sorted(set(table.labels or []))}")
     return table
+
+
+def public_space(settings: SiloSettings) -> dict[str, np.ndarray]:
+    """A silo's embeddings of the public texts in its own scaled space (over its largest
+    |coordinate| there, ``scale``), cut into the part that fits a map (``fit``) and the held-out
+    part that scores it (``val``): the same cut on both silos of a pair."""
+    public = embed(settings.encoder, load_source(settings.public, "public", labels="none").texts,
+                   settings.cache_dir)
+    scale = scale_of(public)
+    fit, val = public_parts(len(public), holdout=settings.holdout, seed=settings.seed)
+    return {"fit": public[fit] / scale, "val": public[val] / scale, "scale": np.array([scale])}

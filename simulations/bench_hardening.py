@@ -82,30 +82,29 @@ def real_task(overrides: list[str]) -> Task:
     (embeddings from the cache): the map fitted as the protocol fits it, the head as the
     provider trains it."""
     from conf import load_config
-    from silos.alignment import AffineMap, augment, fit_quality, public_parts, scale_of
+    from silos.alignment import AffineMap, augment, fit_quality
     from silos.data import encode_labels
     from silos.head import LinearHead
-    from silos.runtime import embed
+    from silos.runtime import embed, public_space
     from silos.settings import SiloSettings
-    from simulations.benchmark import benchmark_rows
+    from simulations.benchmark import benchmark_overrides, benchmark_rows
 
-    cfg = load_config([*overrides, "run.output_dir=/tmp/secure-align-bench-hardening"])
-    names = {s.role: name for name in cfg.silos if (s := cfg.silos[name]) is not None}
-    q = SiloSettings.from_config(cfg, names["querier"])
-    p = SiloSettings.from_config(cfg, names["provider"])
+    overrides = [*overrides, "run.output_dir=/tmp/secure-align-bench-hardening"]
+    cfg = load_config(overrides)
     rows, _ = benchmark_rows(cfg)
-    public = [r["text"] for r in rows["public"]]
-    x, y = embed(q.encoder, public, q.cache_dir), embed(p.encoder, public, p.cache_dir)
-    x_scale, y_scale = scale_of(x), scale_of(y)
-    x, y = x / x_scale, y / y_scale
-    fit, val = public_parts(len(public), holdout=q.holdout, seed=q.seed)
-    xa_val = augment(x[val])
-    y_sq = float(np.sum(y[val].astype(np.float64) ** 2))
-    r2 = {a: fit_quality(AffineMap(a).fit(x[fit], y[fit]).augmented_coef(),
-                         xtx=xa_val.T @ xa_val, xty=xa_val.T @ y[val], y_sq_sum=y_sq,
+    cfg = load_config([*overrides, *benchmark_overrides(cfg)])  # the preset's files, named
+    names = {s.role: name for name in cfg.silos if (s := cfg.silos[name]) is not None}
+    q, p = (SiloSettings.from_config(cfg, names[role]) for role in ("querier", "provider"))
+    xs, ys = public_space(q), public_space(p)
+    x_scale, y_scale = float(xs["scale"][0]), float(ys["scale"][0])
+    xa_val = augment(xs["val"])
+    y_sq = float(np.sum(ys["val"].astype(np.float64) ** 2))
+    r2 = {a: fit_quality(AffineMap(a).fit(xs["fit"], ys["fit"]).augmented_coef(),
+                         xtx=xa_val.T @ xa_val, xty=xa_val.T @ ys["val"], y_sq_sum=y_sq,
                          n_samples=len(xa_val))
           for a in q.alphas}
     alpha = max(r2, key=r2.get)
+    x, y = np.vstack([xs["fit"], xs["val"]]), np.vstack([ys["fit"], ys["val"]])
     mapped = AffineMap(alpha).fit(x, y)
     task = encode_labels([r["label"] for r in rows["task"]])
     head = LinearHead(l2=p.head_l2, max_iter=p.head_max_iter).fit(
@@ -116,7 +115,7 @@ def real_task(overrides: list[str]) -> Task:
     Z = mapped.transform(embed(q.encoder, [r["text"] for r in known], q.cache_dir) / x_scale)
     return Task(f"{q.encoder.model} → {p.encoder.model} on {cfg.dataset.name} ({len(Z)} "
                 f"queries, d={Z.shape[1]}, K={head.coef_.shape[1]}, alpha={alpha:g})",
-                Z, labels, head.coef_, head.intercept_, float(np.abs(y[fit]).max()))
+                Z, labels, head.coef_, head.intercept_, float(np.abs(ys["fit"]).max()))
 
 
 def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0,

@@ -16,11 +16,11 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from crypto.params import CKKSParams
-from silos.alignment import AffineMap, public_parts, scale_of
+from silos.alignment import AffineMap
 from silos.head import LinearHead
 from silos.ood import OOD_LABEL, ood_metrics
 from silos.predictions import Predictions
-from silos.runtime import embed, load_source
+from silos.runtime import embed, load_source, public_space
 from silos.settings import SiloSettings, node_settings
 from strategy.table import markdown_table
 
@@ -36,18 +36,15 @@ def pair_inputs(cfg: dict, pair: dict, node_configs: dict[str, dict] | None = No
             for name in (pair["querier"], pair["provider"]))
     task = pair["task"]
     queries = load_source(q.queries, f"silos.{q.name}.queries", labels="optional")
-    public = load_source(q.public, "public", labels="none").texts
     fitted = AffineMap.load(q.workdir / "maps" / f"{p.name}.safetensors")
     head = LinearHead.load(p.workdir / "heads" / f"{task}.safetensors")
-    x_public, y_public = embed(q.encoder, public, q.cache_dir), embed(p.encoder, public, p.cache_dir)
-    fit, val = public_parts(len(public), holdout=q.holdout, seed=q.seed)
-    x_public, y_public = x_public / scale_of(x_public), y_public / scale_of(y_public)
+    x_public, y_public = public_space(q), public_space(p)
     labels = queries.labels or [OOD_LABEL] * len(queries)
     truth = np.asarray([head.classes_.index(y) if y in head.classes_ else OOD_LABEL
                         for y in labels])
     return {
-        "x_fit": x_public[fit], "x_val": x_public[val], "y_fit": y_public[fit],
-        "y_val": y_public[val], "map": fitted, "head": head, "truth": truth,
+        "x_fit": x_public["fit"], "x_val": x_public["val"], "y_fit": y_public["fit"],
+        "y_val": y_public["val"], "map": fitted, "head": head, "truth": truth,
         "x": embed(q.encoder, queries.texts, q.cache_dir) / fitted.provenance_["scale"],
         "native_x": embed(p.encoder, queries.texts, p.cache_dir) / head.provenance_["scale"],
         "decrypted": Predictions.load(q.workdir / "predictions" / task / p.name),

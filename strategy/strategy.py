@@ -88,7 +88,8 @@ class SecureAlignmentStrategy:
         own error reply is never resent.
     min_nodes : silos to wait for before starting (deployments connect over time).
     wait_for_nodes : seconds to wait for them.
-    pairs : (querier, provider) names to run; None runs every querier with every provider.
+    pairs : (querier, provider) names to run; None runs every querier with every provider that
+        offers the querier's task.
     expected : the silos the run config names; one that no node answers for is reported (else its
         pairs would silently not exist), as is a name two nodes claim.
     """

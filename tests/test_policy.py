@@ -129,7 +129,7 @@ def test_a_provider_refuses_a_240_bit_chain_at_n8192_whatever_allow_insecure_say
     assert bob.settings.he.allow_insecure  # the run config says so; the provider's policy does not
     with pytest.raises(InsecureParametersError, match="whatever allow_insecure says"):
         bob.evaluate(request(weak))
-    put_arrays(bob.state, "provider.public", y_fit=np.zeros((4, D)), y_val=np.zeros((0, D)))
+    put_arrays(bob.state, "provider.public", fit=np.zeros((4, D)), val=np.zeros((0, D)))
     with pytest.raises(InsecureParametersError):
         bob.cross_products(ConfigRecord({"querier": "alice", "context": weak.public_bytes([]),
                                          "d_in": D + 1, "fit": [b""]}))
@@ -224,7 +224,7 @@ def test_the_cosine_round_is_refused_unless_the_policy_allows_it(tmp_path):
     rows = ConfigRecord({"querier": "alice", "d_in": D + 1, "rows": [b"never read"]})
     for text, allowed in (("{}", False), ("allow_cosine: false", False), ("allow_cosine: true", True)):
         bob = deployed_bob(tmp_path, text + "\n")
-        put_arrays(bob.state, "provider.public", y_fit=np.zeros((4, D)), y_val=np.ones((2, D)))
+        put_arrays(bob.state, "provider.public", fit=np.zeros((4, D)), val=np.ones((2, D)))
         if allowed:  # past the policy: it goes on to look for alice's context
             with pytest.raises(LookupError, match="no public context"):
                 bob.cosine_products(rows)
