@@ -130,13 +130,14 @@ def memory_by_silo(output_dir: Path, run_id: int | None = None) -> dict[str, dic
 
 
 def build_report(output_dir: Path, run: dict, command: str, *,
-                 node_configs: dict[str, dict] | None = None) -> dict:
-    """Merge the run summary with the referee's figures; write report.json and report.md.
-    ``node_configs``: a deployment's, whose silos name their own data."""
+                 node_configs: dict[str, dict] | None = None, referee: bool = True) -> dict:
+    """Merge the run summary with the referee's figures (unless ``referee`` is off); write
+    report.json and report.md. ``node_configs``: a deployment's, whose silos name their own
+    data."""
     pairs = []
     for pair in run["pairs"]:
         pair = dict(pair)
-        if pair.get("status") == "ok":
+        if pair.get("status") == "ok" and referee:
             pair.update(referee_pair(run["config"], pair, node_configs))
         pairs.append(pair)
     cfg = run.get("config", {})

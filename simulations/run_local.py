@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "each organisation's data; KEY=VALUE pairs apply on top")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides (OmegaConf dotlist), e.g. dataset.n_query=200")
+    parser.add_argument("--referee", choices=("auto", "on", "off"), default="auto",
+                        help="add the plaintext references to the report (native scores, the "
+                             "float64 map and head): they embed the querier's texts with every "
+                             "provider's model, minutes for large query sets. auto: on for the "
+                             "benchmark preset, off for your own data")
     parser.add_argument("--verbose", action="store_true", help="Flower debug logs")
     return parser.parse_args(argv)
 
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    referee = args.referee == "on" or (
+        args.referee == "auto" and load_config(args.overrides).public.get("source") is None)
     simulate(
         _server_app(), _client_app(),
         num_silos=len(active_silos(cfg)),
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the simulation ended without a summary ({run_file})", file=sys.stderr)
         return 1
     return report_run(output_dir, "python -m simulations.run_local " + " ".join(args.overrides),
-                      started)
+                      started, referee=referee)
 
 
 def load_run(cli_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
@@ -103,12 +110,14 @@ def load_run(cli_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
 
 
 def report_run(output_dir: Path, command: str, started: float, *,
-               node_configs: dict[str, dict] | None = None) -> int:
-    """Referee a finished run (its run.json), print the table and failures; the exit code.
-    ``node_configs``: a deployment's, whose silos name their own data."""
+               node_configs: dict[str, dict] | None = None, referee: bool = True) -> int:
+    """Report a finished run (its run.json), refereed unless ``referee`` is off; print the table
+    and failures; the exit code. ``node_configs``: a deployment's, whose silos name their own
+    data."""
     run = json.loads((output_dir / "run.json").read_text())
-    report = build_report(output_dir, run, command.strip(), node_configs=node_configs)
-    if report["pairs"]:
+    report = build_report(output_dir, run, command.strip(), node_configs=node_configs,
+                          referee=referee)
+    if report["pairs"] and referee:
         print("\nReport, with the benchmark's plaintext references:")
         print(format_table(report["pairs"]))
     else:
