@@ -19,13 +19,19 @@ SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize"
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """Which model embeds a silo's texts, and how (also the embedding cache key)."""
+    """Which model embeds a silo's texts, and how (``Encoder.fingerprint``, the embedding cache
+    key, is built from it). Defaults: conf/default.yaml's ``encoder`` section, held equal by a test;
+    the values are checked where the model loads (``silos.encoders``), naming the config key."""
 
     model: str
     pooling: str = "mean"
-    max_length: int = 128
+    max_length: int = 64
     batch_size: int = 32
     normalize: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int | None = None
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,10 @@ class SiloSettings:
             max_length=int(silo.get("max_length", cfg.encoder.max_length)),
             batch_size=int(silo.get("batch_size", cfg.encoder.batch_size)),
             normalize=bool(silo.get("normalize", cfg.encoder.normalize)),
+            device=str(cfg.encoder.device),
+            dtype=str(cfg.encoder.dtype),
+            threads=cfg.encoder.threads,  # None or an int; Encoder refuses anything else
+            quantize=cfg.encoder.quantize,
         )
         corpus = CorpusSpec(
             name=str(cfg.dataset.name),
