@@ -97,20 +97,27 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# What torch.ao's dynamic quantisation says each time it runs: its deprecation in favour of torchao
+# What torch.ao's dynamic quantisation warns each time it runs: its deprecation in favour of torchao
 # (not a dependency here), and the quantised-tensor constructors it calls.
 _QUANT_NOISE = r"torch\.ao\.quantization is deprecated|torch\.quantize_per_tensor"
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every ``torch.nn.Linear`` by a dynamically quantised one (int8 weights, activations
-    quantised per batch on the fly), in place: ~4x smaller Linear weights, faster on CPUs with
-    VNNI. Embeddings, norms and attention softmax stay float32."""
-    from torch.ao.quantization import quantize_dynamic
+    """Replace every ``torch.nn.Linear`` by a dynamically quantised one, in place: int8 weights
+    with one scale per output channel, activations quantised per tensor on the fly. ~4x smaller
+    Linear weights; embeddings, norms and attention softmax stay float32.
+
+    Per-channel weight scales because per-tensor ones lose most small weights next to a few large
+    ones (MPNet's FFN output layers: max/mean ~200): measured on 64 BBC texts, mean cosine to
+    float32 0.57 → 0.68 (MPNet), 0.945 → 0.981 (MiniLM), at the same speed. The per-tensor
+    activation scale is what is left: reports/encoders measures what it costs downstream.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_QUANT_NOISE)
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8, inplace=True)
 
 
 class Encoder:
@@ -193,8 +200,8 @@ class Encoder:
         key = f"{self.name}|{self.pooling}|{self.max_length}|norm={self.normalize}"
         if self.dtype != "float32":
             key += f"|dtype={self.dtype}"
-        if self.quantize is not None:
-            key += f"|quantize={self.quantize}"
+        if self.quantize is not None:  # the scheme too: another would give other embeddings
+            key += f"|quantize={self.quantize}-dynamic-per-channel"
         return key
 
     def _never_empty(self, ids: torch.Tensor,

@@ -117,7 +117,9 @@ def test_int8_replaces_every_linear_layer_and_stays_close_to_float32(tokenizer, 
     int8 = Encoder(_make(kind, tokenizer), tokenizer, quantize="int8", show_progress=False)
     assert n_linear > 0
     assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
-    assert sum(isinstance(m, DynamicQuantizedLinear) for m in int8.model.modules()) == n_linear
+    quantized = [m for m in int8.model.modules() if isinstance(m, DynamicQuantizedLinear)]
+    assert len(quantized) == n_linear
+    assert {m.weight().qscheme() for m in quantized} == {torch.per_channel_affine}
     ref, out = fp32.encode(texts), int8.encode(texts)
     assert out.dtype == np.float32 and np.isfinite(out).all()
     assert np.abs(out - ref).max() > 1e-5  # int8 really computed these
