@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent
 
@@ -70,6 +70,40 @@ def _unknown_keys(cli: DictConfig, base: DictConfig, prefix: str = "") -> list[s
         elif isinstance(value, DictConfig) and isinstance(base[key], DictConfig):
             unknown += _unknown_keys(value, base[key], f"{path}.")
     return unknown
+
+
+def file_overrides(path: str | Path) -> list[str]:
+    """A YAML file of overrides (the same keys as conf/default.yaml, nested) as a dotlist, so that
+    it travels to the silos like command-line overrides (the run config carries a dotlist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    loaded = OmegaConf.load(path)
+    if not isinstance(loaded, DictConfig):
+        raise ValueError(f"--config {path}: expected a mapping of config keys")
+
+    def flatten(node: DictConfig, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items_ex(resolve=False):
+            if isinstance(value, DictConfig) and len(value):
+                out += flatten(value, f"{prefix}{key}.")
+            else:
+                out.append(f"{prefix}{key}={_dotlist_value(value)}")
+        return out
+
+    return flatten(loaded, "")
+
+
+def _dotlist_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, ListConfig):
+        return "[" + ",".join(_dotlist_value(v) for v in value) + "]"
+    if isinstance(value, DictConfig):  # an empty mapping
+        return "{}"
+    return str(value)
 
 
 def active_silos(cfg: DictConfig) -> dict[str, DictConfig]:

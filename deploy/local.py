@@ -5,7 +5,8 @@
 It does what the README's "Deploying silos across machines" does on several hosts, with every host
 being 127.0.0.1: make a CA and a SuperLink certificate, one key pair per silo; start
 ``flower-superlink`` with TLS and ``--enable-supernode-auth``; register the silos' public keys; start one
-``flower-supernode`` per silo, named by ``--node-config 'silo="..."'``; ``flwr run`` the app against it;
+``flower-supernode`` per silo, named by ``--node-config 'silo="..."'`` with its own copy of its data
+(``public``, ``queries``, ``tasks``: :func:`own_data`); ``flwr run`` the app against it;
 stop every process it started, by process group and by descendant pid. Tests and
 ``deploy/compare_engines.py`` use :class:`Deployment` directly.
 """
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,13 +198,14 @@ class Deployment:
                 raise TimeoutError(f"SuperNodes {sorted(names)} not online within {timeout:.0f} s")
             time.sleep(1.0)
 
-    def start(self) -> Deployment:
-        """Credentials, SuperLink, registrations, one SuperNode per silo, all online."""
+    def start(self, node_configs: dict[str, dict[str, str]] | None = None) -> Deployment:
+        """Credentials, SuperLink, registrations, one SuperNode per silo (with its own node
+        config, e.g. its local data paths: :func:`own_data`), all online."""
         self.credentials()
         self.start_superlink()
         for name in self.silos:
             self.register(name)
-            self.start_supernode(name)
+            self.start_supernode(name, node_config=(node_configs or {}).get(name))
         self.wait_online(self.silos)
         return self
 
@@ -280,6 +283,45 @@ class Deployment:
         self.stop()
 
 
+DATA_KEYS = ("public.source=", "silos.{silo}.queries", "silos.{silo}.task=",
+             "silos.{silo}.tasks.")
+
+
+def own_data(overrides: list[str], root: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Give every silo its own copy of its data, as on separate hosts: each role's file is copied
+    into the silo's folder under ``root`` and named in its node config (``public``, ``queries``
+    and ``task``, ``tasks``); the run config (the operator's) then names no data at all. Returns
+    the run config's overrides and each silo's node config."""
+    from conf import active_silos, load_config
+    from silos.settings import SiloSettings
+
+    cfg = load_config(overrides)
+    configs: dict[str, dict[str, str]] = {}
+    for name in active_silos(cfg):
+        s = SiloSettings.from_config(cfg, name)
+        folder = Path(root).resolve() / f"data-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def copy(source: str, folder: Path = folder) -> str:
+            if not Path(source).is_file():  # a packaged corpus or dataset id: the same name
+                return source
+            target = folder / Path(source).name
+            shutil.copyfile(source, target)
+            return str(target)
+
+        node = {"public": copy(s.public.source)} if s.public is not None else {}
+        if s.queries is not None:
+            node["queries"] = copy(s.queries.source)
+        if s.task is not None:
+            node["task"] = s.task
+        if s.tasks:
+            node["tasks"] = ",".join(f"{task}={copy(src.source)}" for task, src in s.tasks)
+        configs[name] = node
+    prefixes = [p.format(silo=name) for name in active_silos(cfg) for p in DATA_KEYS]
+    kept = [o for o in overrides if not o.startswith(tuple(prefixes))]
+    return kept, configs
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local",
@@ -311,9 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    overrides, node_configs = own_data(overrides, args.root)
     with Deployment(args.root, active_silos(cfg), port=args.port,
                     poll_interval=args.poll_interval) as deployment:
-        deployment.start()
+        deployment.start(node_configs)
         print(f"SuperLink on {deployment.address} (TLS, SuperNode auth); SuperNodes online: "
               f"{deployment.node_ids}; logs in {deployment.logs}", flush=True)
         done = deployment.run(overrides, timeout=args.timeout)
@@ -323,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: `flwr run` failed (exit {done.returncode}) or wrote no {run_file}:\n"
               f"{done.stderr[-3000:]}", file=sys.stderr)
         return 1
-    return report_run(output_dir, "python -m deploy.local " + " ".join(args.overrides), started)
+    return report_run(output_dir, "python -m deploy.local " + " ".join(args.overrides), started,
+                      node_configs=node_configs)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,22 @@ import numpy as np
 from silos.saving import load_arrays, save_arrays
 
 
+def public_parts(n: int, *, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the ``n`` public texts that fit the map, and the held-out rows that score it: a
+    seeded permutation, so both silos of a pair cut their embeddings of the same texts alike."""
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"alignment.holdout must lie in [0, 1), got {holdout}")
+    order = np.random.default_rng(seed + 1).permutation(n)
+    n_val = round(holdout * n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def scale_of(public: np.ndarray) -> float:
+    """The fixed scale of a silo's space: its largest |coordinate| on the public texts. Dividing by
+    it keeps |x| <= 1 there, which bounds every encrypted sum far below the CKKS modulus."""
+    return float(np.abs(public).max()) or 1.0
+
+
 def augment(X: np.ndarray) -> np.ndarray:
     """X̃ = [X, 1] in float64: the ones column carries the intercept."""
     X = np.asarray(X, dtype=np.float64)
@@ -28,11 +44,13 @@ class AffineMap:
     ----------
     alpha : L2 penalty on ``coef_`` (not on the intercept).
 
-    Fitted attributes: ``coef_`` (d_in × d_out), ``intercept_`` (d_out), ``n_samples_``.
+    Fitted attributes: ``coef_`` (d_in × d_out), ``intercept_`` (d_out), ``n_samples_``, and
+    ``provenance_``: what the map was fitted from (saved with it; empty unless its owner sets it).
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = alpha
+        self.provenance_: dict = {}
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> AffineMap:
         X = np.asarray(X, dtype=np.float64)
@@ -76,7 +94,8 @@ class AffineMap:
         return X @ self.coef_ + self.intercept_
 
     def save(self, path: str | Path) -> Path:
-        config = {"kind": "AffineMap", "alpha": self.alpha, "n_samples": self.n_samples_}
+        config = {"kind": "AffineMap", "alpha": self.alpha, "n_samples": self.n_samples_,
+                  "provenance": self.provenance_}
         return save_arrays(path, config, {"coef": self.coef_, "intercept": self.intercept_})
 
     @classmethod
@@ -85,6 +104,7 @@ class AffineMap:
         fitted = cls(alpha=config["alpha"])
         fitted.coef_, fitted.intercept_ = arrays["coef"], arrays["intercept"]
         fitted.n_samples_ = config["n_samples"]
+        fitted.provenance_ = config.get("provenance", {})
         return fitted
 
 

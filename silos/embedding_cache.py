@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from silos.saving import atomic_save_file
 
 if TYPE_CHECKING:  # torch + transformers take ~4 s to import; only `prepare` needs them
     from silos.encoders import Encoder
@@ -22,20 +23,31 @@ def texts_digest(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def _path(fingerprint: str, texts: Sequence[str], cache_dir: str | Path) -> Path:
+    key = hashlib.sha256(f"{fingerprint}|{texts_digest(texts)}".encode()).hexdigest()
+    return Path(cache_dir).expanduser() / "embeddings" / f"{key[:32]}.safetensors"
+
+
+def cached_embeddings(fingerprint: str, texts: Sequence[str],
+                      cache_dir: str | Path) -> np.ndarray | None:
+    """The cached embeddings of ``texts`` by the encoder of ``fingerprint``, or None: lets a silo
+    skip loading its LM when every text it needs is cached."""
+    path = _path(fingerprint, texts, cache_dir)
+    if not path.exists():
+        return None
+    return require_finite(load_file(path)["embeddings"], f"{fingerprint} (cached in {path})",
+                          len(texts))
+
+
 def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: str | Path | None) -> np.ndarray:
     """``encoder.encode(texts)``, read from / written to ``cache_dir`` when one is given."""
     if cache_dir is None:
         return require_finite(encoder.encode(texts), encoder.name, len(texts))
-    key = hashlib.sha256(f"{encoder.fingerprint}|{texts_digest(texts)}".encode()).hexdigest()
-    path = Path(cache_dir).expanduser() / "embeddings" / f"{key[:32]}.safetensors"
-    if path.exists():
-        return require_finite(load_file(path)["embeddings"], f"{encoder.name} (cached in {path})",
-                              len(texts))
+    cached = cached_embeddings(encoder.fingerprint, texts, cache_dir)
+    if cached is not None:
+        return cached
     embeddings = require_finite(encoder.encode(texts), encoder.name, len(texts))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"embeddings": embeddings}, tmp)
-    os.replace(tmp, path)
+    atomic_save_file({"embeddings": embeddings}, _path(encoder.fingerprint, texts, cache_dir))
     return embeddings
 
 

@@ -17,12 +17,14 @@ class LinearHead:
     l2 : penalty ``l2/2 · ‖coef‖²`` added to the mean cross-entropy (the intercept is free).
     max_iter : L-BFGS iterations.
 
-    Fitted attributes: ``coef_`` (d × K), ``intercept_`` (K), ``classes_`` (label names, length K).
+    Fitted attributes: ``coef_`` (d × K), ``intercept_`` (K), ``classes_`` (label names, length K),
+    and ``provenance_``: what it was trained from (saved with it; empty unless its owner sets it).
     """
 
     def __init__(self, l2: float = 1e-3, max_iter: int = 200) -> None:
         self.l2 = l2
         self.max_iter = max_iter
+        self.provenance_: dict = {}
 
     def fit(self, X: np.ndarray, y: np.ndarray, classes: list[str] | None = None) -> LinearHead:
         X = np.asarray(X, dtype=np.float64)
@@ -65,7 +67,7 @@ class LinearHead:
 
     def save(self, path: str | Path) -> Path:
         config = {"kind": "LinearHead", "l2": self.l2, "max_iter": self.max_iter,
-                  "classes": self.classes_}
+                  "classes": self.classes_, "provenance": self.provenance_}
         return save_arrays(path, config, {"coef": self.coef_, "intercept": self.intercept_})
 
     @classmethod
@@ -74,4 +76,5 @@ class LinearHead:
         head = cls(l2=config["l2"], max_iter=config["max_iter"])
         head.coef_, head.intercept_ = arrays["coef"], arrays["intercept"]
         head.classes_ = config["classes"]
+        head.provenance_ = config.get("provenance", {})
         return head

@@ -8,21 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-OOD_LABEL = -1  # the label of an out-of-distribution query (no class of the provider's task)
+OOD_LABEL = -1  # the truth of an out-of-distribution query (no class of the provider's task)
 SCORES = ("msp", "energy", "max_logit")
-
-
-def class_map(label_names: list[str], held_out: tuple[str, ...] | list[str]) -> tuple[list[str], np.ndarray]:
-    """The provider's classes — the corpus' minus ``held_out`` — and, for every corpus label, its
-    index among them (``OOD_LABEL`` for a held-out class: those texts become OOD queries)."""
-    unknown = set(held_out) - set(label_names)
-    if unknown:
-        raise ValueError(f"held-out classes {sorted(unknown)} are not classes of the corpus "
-                         f"{list(label_names)}")
-    kept = [name for name in label_names if name not in held_out]
-    if len(kept) < 2:
-        raise ValueError(f"holding out {list(held_out)} leaves {kept}: a head needs two classes")
-    return kept, np.asarray([kept.index(n) if n in kept else OOD_LABEL for n in label_names])
 
 
 def ood_scores(logits: np.ndarray) -> dict[str, np.ndarray]:

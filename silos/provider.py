@@ -1,4 +1,4 @@
-"""The provider: owns a private head, computes on the querier's ciphertexts, never decrypts.
+"""The provider: owns a private head per task, computes on the querier's ciphertexts, never decrypts.
 
 It receives only public contexts (CKKS parameters, checked, and Galois keys) and ciphertexts; its
 kit has no secret key, so it cannot encrypt nor decrypt. It returns
@@ -9,6 +9,10 @@ its own policy (``settings.policy``, silos/policy.py), never the querier's or th
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import time
 
 import numpy as np
@@ -16,11 +20,10 @@ from flwr.app import ConfigRecord, RecordDict
 
 from crypto import CircuitPrivacy, CkksKit, CrossProductPacking, EncryptedLinearHead, query_capacity
 from silos.budget import QueryBudget
-from silos.embedding_cache import encode_cached
+from silos.data import TextTable, encode_labels
 from silos.head import LinearHead
-from silos.ood import OOD_LABEL, class_map
-from silos.runtime import embed_queries, load_benchmark, load_encoder
-from silos.saving import atomic_save_file
+from silos.runtime import embed, load_source, public_space
+from silos.saving import atomic_write
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -32,58 +35,85 @@ class Provider:
         self.settings = settings
         self.state = state
 
-    def describe(self, request: ConfigRecord) -> dict:
+    # -- data -------------------------------------------------------------------------------------
+    def _public_texts(self):
+        return load_source(self.settings.public, "public", labels="none")
+
+    def _tasks(self) -> dict[str, TextTable]:
         s = self.settings
-        corpus, _ = load_benchmark(s.corpus)
-        classes, _ = class_map(corpus.label_names, s.corpus.holdout_classes)
-        # allow_cosine: so that the coordinator does not ask for a round this provider refuses.
-        return {"silo": s.name, "role": s.role, "model": s.encoder.model, "classes": classes,
+        if not s.tasks:
+            raise ValueError(f"provider {s.name!r} offers no task: set silos.{s.name}.tasks."
+                             "NAME.source to its labelled data")
+        return {task: load_source(source, f"silos.{s.name}.tasks.{task}")
+                for task, source in s.tasks}
+
+    def _head_key(self, table: TextTable) -> str:
+        """What a task's head is trained from: it is trained again only when this changes."""
+        s = self.settings
+        return hashlib.sha256(json.dumps({
+            "data": table.digest, "public": self._public_texts().digest,
+            "encoder": s.encoder.fingerprint, "l2": s.head_l2, "max_iter": s.head_max_iter,
+        }, sort_keys=True).encode()).hexdigest()
+
+    def describe(self, request: ConfigRecord) -> dict:
+        """Role, model and the tasks it offers: their classes and the digest of each head's data
+        (a querier's stored predictions are keyed by it)."""
+        s = self.settings
+        public = self._public_texts()
+        info = {"silo": s.name, "role": s.role, "model": s.encoder.model,
+                "fingerprint": s.encoder.fingerprint, "public_digest": public.digest,
+                "n_public": len(public), "tasks": [],
+                # so that the coordinator does not ask for a round this provider refuses
                 "allow_cosine": s.policy.allow_cosine}
+        for task, table in self._tasks().items():
+            info["tasks"].append(task)
+            info[f"classes.{task}"] = encode_labels(table.labels)["label_names"]
+            info[f"head.{task}"] = self._head_tag(self._head_key(table))
+        return info
+
+    def _head_tag(self, key: str) -> str:
+        """What the querier is told of a head: a tag that changes with it (its stored answers are
+        keyed by it), an HMAC under a salt this provider keeps, so that the tag cannot confirm a
+        guess of its private data the way a bare hash of it would."""
+        path = self.settings.workdir / "heads" / "salt"
+        if not path.exists():
+            atomic_write(path, lambda tmp: tmp.write_bytes(os.urandom(32)))
+        return hmac.new(path.read_bytes(), key.encode(), hashlib.sha256).hexdigest()
 
     def prepare(self, request: ConfigRecord) -> dict:
-        """Embed public and private texts, train the head on the private ones.
-
-        Benchmark only: also scores the head on the provider's own embeddings of the query split
-        (``native_accuracy``) — the split is public knowledge of the benchmark, not the querier's.
-        """
+        """A head per task: the stored one if trained from the same data (and public texts, and
+        model), else trained on the provider's embeddings of its labelled data, and stored."""
         start = time.perf_counter()
         s = self.settings
-        corpus, split = load_benchmark(s.corpus)
-        encoder = load_encoder(s.encoder, s.cache_dir)
-        fit_ix, val_ix = s.corpus.public_parts(split.public)
-        public = encode_cached(encoder, [corpus.texts[i] for i in split.public], s.cache_dir)
-        private = encode_cached(encoder, [corpus.texts[i] for i in split.private], s.cache_dir)
-        # Benchmark only: the querier's query set (with its OOD queries), for native scores.
-        native, labels = embed_queries(encoder, s.corpus, s.cache_dir)
-        classes, remap = class_map(corpus.label_names, s.corpus.holdout_classes)
-        truth = np.where(labels == OOD_LABEL, OOD_LABEL, remap[labels])
-        trained = remap[corpus.labels[split.private]] != OOD_LABEL  # held-out classes: not trained
-        private, private_labels = private[trained], remap[corpus.labels[split.private]][trained]
-        # The provider's space is its encoder's output over a fixed scale (|y| <= 1 on public data),
-        # which bounds every encrypted sum; the head is trained in that same space.
-        scale = float(np.abs(public).max()) or 1.0
-        position = {index: row for row, index in enumerate(split.public)}
-        y_fit = public[[position[i] for i in fit_ix]] / scale
-        y_val = public[[position[i] for i in val_ix]] / scale
-        head = LinearHead(l2=s.head_l2, max_iter=s.head_max_iter).fit(
-            private / scale, private_labels, classes=classes)
-        put_arrays(self.state, "provider.public", y_fit=y_fit, y_val=y_val)
-        put_arrays(self.state, "provider.head", coef=head.coef_, intercept=head.intercept_)
-        native_logits = head.decision_function(native / scale)
-        known = truth != OOD_LABEL
-        s.workdir.mkdir(parents=True, exist_ok=True)
-        head.save(s.workdir / "head")
-        atomic_save_file({"y_fit": y_fit, "y_val": y_val}, s.workdir / "public_embeddings.safetensors")
-        atomic_save_file({"logits": native_logits, "truth": truth}, s.workdir / "native_logits.safetensors")
-        return {
-            "seconds": time.perf_counter() - start,
-            "dim": encoder.dim,
-            "train_accuracy": float((head.predict(private / scale) == private_labels).mean()),
-            "native_accuracy": float((native_logits.argmax(1)[known] == truth[known]).mean()),
-            **{f"split_{k}": v for k, v in split.summary().items()},
-        }
+        reply: dict = {"trained": [], "reused": []}
+        for task, table in self._tasks().items():
+            key = self._head_key(table)
+            path = s.workdir / "heads" / f"{task}.safetensors"
+            head = LinearHead.load(path) if path.exists() else None
+            if head is None or head.provenance_.get("key") != key:
+                scale = float(self._public()["scale"][0])  # the space the map aligns into
+                x = embed(s.encoder, table.texts, s.cache_dir) / scale
+                encoded = encode_labels(table.labels)
+                head = LinearHead(l2=s.head_l2, max_iter=s.head_max_iter).fit(
+                    x, encoded["labels"], classes=encoded["label_names"])
+                head.provenance_ = {"key": key, "scale": scale}
+                head.save(path)
+                reply["trained"].append(task)
+                reply[f"train_accuracy.{task}"] = float(
+                    (head.predict(x) == encoded["labels"]).mean())
+            else:
+                reply["reused"].append(task)
+            put_arrays(self.state, f"provider.head.{task}", coef=head.coef_,
+                       intercept=head.intercept_)
+            reply["dim"] = int(head.coef_.shape[0])
+        reply["seconds"] = time.perf_counter() - start
+        return reply
 
     def _public(self) -> dict[str, np.ndarray]:
+        """The scaled public embeddings (fit and held-out parts): embedded on first use only, so
+        a run whose heads and the querier's maps are all stored never embeds them."""
+        if "provider.public" not in self.state:
+            put_arrays(self.state, "provider.public", **public_space(self.settings))
         return get_arrays(self.state, "provider.public", NOT_PREPARED)
 
     @staticmethod
@@ -129,7 +159,7 @@ class Provider:
         public = self._public()
         kit = self._receive_context(request)
         d_in, bound = int(request["d_in"]), self._x_bound(request)
-        y_fit, y_val = public["y_fit"], public["y_val"]
+        y_fit, y_val = public["fit"], public["val"]
         reply = {"d_out": int(y_fit.shape[1])}
         privacy = self._privacy(kit)
         fit = CrossProductPacking.plan(len(y_fit), d_in, y_fit.shape[1], kit.slots)
@@ -139,7 +169,7 @@ class Provider:
             val = CrossProductPacking.plan(len(y_val), d_in, y_val.shape[1], kit.slots)
             reply["val"] = val.multiply(kit, list(request["val"]), y_val, x_bound=bound,
                                         workers=self.settings.workers, privacy=privacy)
-            reply["y_sq_sum_val"] = float(np.sum(public["y_val"].astype(np.float64) ** 2))
+            reply["y_sq_sum_val"] = float(np.sum(public["val"].astype(np.float64) ** 2))
         reply["seconds"] = time.perf_counter() - start
         return reply
 
@@ -152,7 +182,7 @@ class Provider:
             raise PermissionError(f"provider {self.settings.name!r} does not answer the cosine "
                                   "round: its policy's allow_cosine is false")
         start = time.perf_counter()
-        y_val = self._public()["y_val"].astype(np.float64)
+        y_val = self._public()["val"].astype(np.float64)
         kit = self._receive_context(request)
         packing = CrossProductPacking.plan(len(y_val), int(request["d_in"]), y_val.shape[1],
                                            kit.slots)
@@ -172,7 +202,9 @@ class Provider:
         """
         start = time.perf_counter()
         policy = self.settings.policy
-        arrays = get_arrays(self.state, "provider.head", NOT_PREPARED)
+        task = str(request["task"])
+        arrays = get_arrays(self.state, f"provider.head.{task}",
+                            f"provider {self.settings.name!r} has no head for task {task!r}")
         head = EncryptedLinearHead(arrays["coef"], arrays["intercept"])
         querier, path, n = self._querier(request), str(request["path"]), int(request["n"])
         if n > policy.max_request_queries:

@@ -1,26 +1,27 @@
-"""The querier: holds the CKKS secret key, fits the map under encryption, queries the providers.
+"""The querier: holds the CKKS secret key, fits one map per provider under encryption, queries them.
 
 Nothing it sends is plaintext: public contexts (parameters and Galois keys, never the secret key)
-and ciphertexts only. Its state — the secret key, its scaled embeddings, one fitted map per
-provider, decrypted logits — lives in the node's ``context.state``; its artifacts (for the
-benchmark referee) in its own workdir.
+and ciphertexts only. Its state (the secret key, its scaled embeddings, the maps, the decrypted
+batches in progress) lives in the node's ``context.state`` and its own workdir: a map is stored
+with its provenance and reused while that is unchanged (``alignment.reuse``); decrypted batches
+are written as they arrive, so a run killed while serving resumes where it stopped; the
+predictions are written per (provider, task) (silos/predictions.py).
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, encrypt_queries
 from silos.alignment import AffineMap, augment, fit_quality
-from silos.data import write_split
-from silos.embedding_cache import encode_cached
-from silos.ood import OOD_LABEL, ood_metrics
 from silos.output_policy import OutputPolicy
-from silos.runtime import embed_queries, load_benchmark, load_encoder
-from silos.saving import atomic_save_file
+from silos.predictions import Predictions, ServingParts, ensemble
+from silos.runtime import embed, load_source, public_space
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -32,40 +33,40 @@ class Querier:
         self.settings = settings
         self.state = state
 
+    # -- data -------------------------------------------------------------------------------------
+    def _queries(self):
+        return load_source(self.settings.queries, f"silos.{self.settings.name}.queries",
+                           labels="optional")
+
+    def _public_texts(self):
+        return load_source(self.settings.public, "public", labels="none")
+
+    def _task(self) -> str:
+        if self.settings.task is None:
+            raise ValueError(f"silos.{self.settings.name}.task is not set: name the task this "
+                             "querier asks the providers for")
+        return self.settings.task
+
     # -- discovery and set-up ---------------------------------------------------------------------
     def describe(self, request: ConfigRecord) -> dict:
         s = self.settings
+        public = self._public_texts()
         return {"silo": s.name, "role": s.role, "model": s.encoder.model,
-                "n_queries": s.corpus.n_query + s.corpus.n_ood}
+                "fingerprint": s.encoder.fingerprint, "task": self._task(),
+                "n_queries": len(self._queries()), "public_digest": public.digest,
+                "n_public": len(public)}
 
     def prepare(self, request: ConfigRecord) -> dict:
-        """Embed the public and query texts; create the key pair."""
+        """Embed the querier's own texts; create this run's key pair (never written to disk)."""
         start = time.perf_counter()
         s = self.settings
-        corpus, split = load_benchmark(s.corpus)
-        encoder = load_encoder(s.encoder, s.cache_dir)
-        fit_ix, val_ix = s.corpus.public_parts(split.public)
-        texts = [corpus.texts[i] for i in split.public]
-        public = encode_cached(encoder, texts, s.cache_dir)
-        queries, labels = embed_queries(encoder, s.corpus, s.cache_dir)  # incl. OOD queries
-        # A fixed scale keeps every encrypted sum far below the CKKS modulus (|x| <= 1 on public data).
-        scale = float(np.abs(public).max()) or 1.0
-        position = {index: row for row, index in enumerate(split.public)}
-        x_fit = public[[position[i] for i in fit_ix]] / scale
-        x_val = public[[position[i] for i in val_ix]] / scale
-        put_arrays(self.state, "querier.public", x_fit=x_fit, x_val=x_val)
-        put_arrays(self.state, "querier.queries", x=queries / scale, labels=labels)
+        queries = embed(s.encoder, self._queries().texts, s.cache_dir)
+        put_arrays(self.state, "querier.queries", x=queries)
         kit = CkksKit.generate(s.he)
         put_config(self.state, "querier.he", secret_key=kit.secret_key_bytes(),
-                   label_names=list(corpus.label_names), dim=encoder.dim)
-        s.workdir.mkdir(parents=True, exist_ok=True)
-        atomic_save_file({"x_fit": x_fit, "x_val": x_val}, s.workdir / "public_embeddings.safetensors")
-        atomic_save_file({"x": queries / scale, "labels": labels},
-                  s.workdir / "query_embeddings.safetensors")
-        write_split(s.workdir / "split.json", split, s.corpus.name)
-        return {"seconds": time.perf_counter() - start, "dim": encoder.dim,
-                "n_fit": len(x_fit), "n_val": len(x_val), "n_queries": len(queries),
-                **{f"split_{k}": v for k, v in split.summary().items()}}
+                   dim=int(queries.shape[1]))
+        return {"seconds": time.perf_counter() - start, "dim": int(queries.shape[1]),
+                "n_queries": len(queries)}
 
     def _kit(self) -> CkksKit:
         record = get_config(self.state, "querier.he", NOT_PREPARED)
@@ -75,21 +76,64 @@ class Querier:
         dim = int(get_config(self.state, "querier.he", NOT_PREPARED)["dim"])
         return CrossProductPacking.plan(n, dim + 1, d_out, self.settings.he.slots)
 
+    # -- align once, serve many -------------------------------------------------------------------
+    def _map_path(self, provider: str) -> Path:
+        return self.settings.workdir / "maps" / f"{provider}.safetensors"
+
+    def _provenance(self, request: ConfigRecord) -> dict:
+        """What a map of this pair depends on: if any of it changes, the map is fitted again."""
+        s = self.settings
+        return {"querier_encoder": s.encoder.fingerprint,
+                "provider_encoder": str(request["provider_fingerprint"]),
+                "public_digest": self._public_texts().digest,
+                "he": s.he.to_json(), "alignment": s.alignment_config(),
+                "cosine_round": s.cosine}
+
+    def restore(self, request: ConfigRecord) -> dict:
+        """Load the stored map of this pair if its provenance is unchanged (and reuse is on)."""
+        provider = str(request["provider"])
+        path = self._map_path(provider)
+        if not self.settings.reuse:
+            return {"reused": False, "why": "alignment.reuse=false"}
+        if not path.exists():
+            return {"reused": False, "why": "no stored map"}
+        stored = AffineMap.load(path)
+        expected = self._provenance(request)
+        changed = sorted(k for k in expected if stored.provenance_.get(k) != expected[k])
+        if changed:
+            return {"reused": False, "why": f"changed: {', '.join(changed)}"}
+        self._keep_map(provider, stored)
+        record = stored.provenance_
+        return {"reused": True, "why": f"stored {record['fitted_at']}", "alpha": stored.alpha,
+                "r2": record["r2"], "cosine": record["cosine"], "fitted_at": record["fitted_at"]}
+
+    def _keep_map(self, provider: str, fitted: AffineMap) -> None:
+        put_arrays(self.state, f"querier.map.{provider}", coef=fitted.coef_,
+                   intercept=fitted.intercept_, scale=np.array([fitted.provenance_["scale"]]))
+        put_config(self.state, "querier.fitted_at", **{provider: fitted.provenance_["fitted_at"]})
+
     # -- encrypted alignment ----------------------------------------------------------------------
+    def _public(self) -> dict[str, np.ndarray]:
+        """The scaled public embeddings, fit and held-out parts: embedded on first use only (a
+        run that reuses every map never embeds the public texts)."""
+        if "querier.public" not in self.state:
+            put_arrays(self.state, "querier.public", **public_space(self.settings))
+        return get_arrays(self.state, "querier.public", NOT_PREPARED)
+
     def upload(self, request: ConfigRecord) -> dict:
         """Public context + Enc(X̃) of the fit and held-out public texts, laid out for a provider
         of ``d_out`` dimensions. The context's Galois keys cover exactly the layouts' rotations."""
         start = time.perf_counter()
         d_out = int(request["d_out"])
-        public = get_arrays(self.state, "querier.public", NOT_PREPARED)
+        public = self._public()
         kit = self._kit()
-        fit = self._packing(len(public["x_fit"]), d_out)
-        reply = {"fit": fit.encrypt(kit, augment(public["x_fit"]), progress=True),
-                 "d_in": fit.d_in, "n_fit": fit.n, "n_val": len(public["x_val"]), "x_bound": 1.0}
+        fit = self._packing(len(public["fit"]), d_out)
+        reply = {"fit": fit.encrypt(kit, augment(public["fit"]), progress=True),
+                 "d_in": fit.d_in, "n_fit": fit.n, "n_val": len(public["val"]), "x_bound": 1.0}
         steps = set(fit.rotation_steps)
-        if len(public["x_val"]):
-            val = self._packing(len(public["x_val"]), d_out)
-            reply["val"] = val.encrypt(kit, augment(public["x_val"]))
+        if len(public["val"]):
+            val = self._packing(len(public["val"]), d_out)
+            reply["val"] = val.encrypt(kit, augment(public["val"]))
             steps.update(val.rotation_steps)
         reply["context"] = kit.public_bytes(steps)
         reply["seconds"] = time.perf_counter() - start
@@ -105,22 +149,22 @@ class Querier:
         start = time.perf_counter()
         provider = str(request["provider"])
         d_out = int(request["d_out"])
-        public = get_arrays(self.state, "querier.public", NOT_PREPARED)
+        public = self._public()
         kit = self._kit()
-        xty_fit = self._packing(len(public["x_fit"]), d_out).decrypt(kit, list(request["fit"]))
-        xa_fit = augment(public["x_fit"])
+        xty_fit = self._packing(len(public["fit"]), d_out).decrypt(kit, list(request["fit"]))
+        xa_fit = augment(public["fit"])
         xtx_fit = xa_fit.T @ xa_fit
         n_fit = len(xa_fit)
-        has_val = len(public["x_val"]) > 0
+        has_val = len(public["val"]) > 0
         s = self.settings
         # Without a held-out part (holdout=0) nothing is scored and default_alpha is used.
         candidates = s.alphas if s.select_alpha and has_val else (s.default_alpha,)
         r2, held_out_maps = {}, {}
         xtx_val, xty_val = np.zeros_like(xtx_fit), np.zeros_like(xty_fit)
         if has_val:
-            xa_val = augment(public["x_val"])
+            xa_val = augment(public["val"])
             xtx_val = xa_val.T @ xa_val
-            val = self._packing(len(public["x_val"]), d_out)
+            val = self._packing(len(public["val"]), d_out)
             xty_val = val.decrypt(kit, list(request["val"]))
             for alpha in candidates:
                 held_out_maps[alpha] = AffineMap(alpha).fit_from_stats(
@@ -135,8 +179,8 @@ class Querier:
                  "alpha": np.array([alpha])}
         if has_val and s.cosine:  # optional: the provider's policy must allow it
             held_out = held_out_maps[alpha]
-            norms = np.linalg.norm(held_out.transform(public["x_val"]), axis=1)
-            rows = augment(public["x_val"]) / np.maximum(norms, 1e-12)[:, None]
+            norms = np.linalg.norm(held_out.transform(public["val"]), axis=1)
+            rows = augment(public["val"]) / np.maximum(norms, 1e-12)[:, None]
             row_scale = 1.0 / max(1.0, float(np.abs(rows).max()))  # keep |row| <= 1, as for X̃
             reply["rows"] = val.encrypt(kit, rows * row_scale)
             stats.update(held_out_coef=held_out.augmented_coef(), row_scale=np.array([row_scale]))
@@ -147,15 +191,16 @@ class Querier:
         return reply
 
     def finish(self, request: ConfigRecord) -> dict:
-        """Held-out mean cosine of the chosen map; the final map refit on all public texts."""
+        """Held-out mean cosine of the chosen map; the final map refit on all public texts, stored
+        with its provenance for later runs."""
         start = time.perf_counter()
         provider = str(request["provider"])
         d_out = int(request["d_out"])
         stats = get_arrays(self.state, f"querier.stats.{provider}",
                            f"no alignment statistics for provider {provider!r} (send 'select')")
         alpha = float(stats["alpha"][0])
-        public = get_arrays(self.state, "querier.public", NOT_PREPARED)
-        n_fit, n_val = len(public["x_fit"]), len(public["x_val"])
+        public = self._public()
+        n_fit, n_val = len(public["fit"]), len(public["val"])
         cosine, r2 = float("nan"), float("nan")
         if n_val:
             r2 = float(stats["r2"][0])
@@ -168,14 +213,41 @@ class Querier:
         final = AffineMap(alpha).fit_from_stats(
             stats["xtx_fit"] + stats["xtx_val"], stats["xty_fit"] + stats["xty_val"],
             n_samples=n_fit + n_val)
-        final.save(self.settings.workdir / "maps" / provider)
-        put_arrays(self.state, f"querier.map.{provider}", coef=final.coef_,
-                   intercept=final.intercept_)
+        final.provenance_ = {**self._provenance(request), "r2": r2, "cosine": cosine,
+                             "scale": float(public["scale"][0]), "d_out": d_out,
+                             "fitted_at": datetime.now(UTC).isoformat(timespec="microseconds")}
+        final.save(self._map_path(provider))
+        self._keep_map(provider, final)
         del self.state[f"querier.stats.{provider}"]
         return {"alpha": alpha, "r2": r2, "cosine": cosine, "d_in": final.coef_.shape[0],
                 "d_out": d_out, "seconds": time.perf_counter() - start}
 
     # -- encrypted inference ----------------------------------------------------------------------
+    def _parts(self, request: ConfigRecord) -> ServingParts:
+        """The decrypted batches of one (provider, task) serving, keyed by everything that
+        decides their logits: batches of another serving are never mixed in."""
+        s = self.settings
+        provider, task = str(request["provider"]), str(request["task"])
+        fitted_at = get_config(self.state, "querier.fitted_at",
+                               f"no map for provider {provider!r} yet (align first)")
+        if provider not in fitted_at:
+            raise LookupError(f"no map for provider {provider!r} yet (align first)")
+        key = {"queries": self._queries().digest, "map": str(fitted_at[provider]),
+               "provider": provider, "task": task, "classes": list(request["classes"]),
+               "head": str(request["head"]), "batch_size": int(request["batch_size"]),
+               "output": [s.serve.output_top_k, s.serve.output_decimals]}
+        return ServingParts(s.workdir / "predictions" / task / f".{provider}.parts", key)
+
+    def plan(self, request: ConfigRecord) -> dict:
+        """The batches still to serve for this (provider, task): all of them, unless an earlier
+        run of the same serving was interrupted (its decrypted batches are kept)."""
+        parts = self._parts(request)
+        n, size = len(self._queries()), int(request["batch_size"])
+        done = parts.open()
+        todo = [(a, min(a + size, n)) for a in range(0, n, size) if a not in done]
+        return {"starts": [a for a, _ in todo], "stops": [b for _, b in todo],
+                "n_done": sum(min(a + size, n) - a for a in done)}
+
     def encrypt(self, request: ConfigRecord) -> dict:
         """Map a batch of private queries locally and encrypt the aligned vectors.
 
@@ -193,7 +265,7 @@ class Querier:
             raise IndexError(f"batch [{first}, {stop}) outside the {len(queries)} queries")
         fitted = get_arrays(self.state, f"querier.map.{provider}",
                             f"no map fitted for provider {provider!r} yet (align first)")
-        z = queries[first:stop] @ fitted["coef"] + fitted["intercept"]
+        z = queries[first:stop] / fitted["scale"][0] @ fitted["coef"] + fitted["intercept"]
         kit = self._kit()
         reply = {"ciphertexts": encrypt_queries(kit, z, path=path, n_classes=n_classes),
                  "n": stop - first, "path": path}
@@ -205,46 +277,40 @@ class Querier:
         return reply
 
     def decrypt(self, request: ConfigRecord) -> dict:
+        """Decrypt one batch's logits and write them to disk at once (atomically), so that a run
+        killed later loses nothing it has answered."""
         start = time.perf_counter()
-        provider = str(request["provider"])
         logits = decrypt_logits(
             self._kit(), list(request["ciphertexts"]),
             path=str(request["path"]), n=int(request["n"]), n_classes=int(request["n_classes"]),
         )
         serve = self.settings.serve
         logits = OutputPolicy(serve.output_top_k, serve.output_decimals).apply(logits)
-        key = f"querier.logits.{provider}"
-        batches = get_arrays(self.state, key, "") if key in self.state else {}
-        batches[f"{int(request['start']):09d}"] = logits
-        put_arrays(self.state, key, **batches)
+        self._parts(request).write(int(request["start"]), logits)
         return {"seconds": time.perf_counter() - start}
 
     def report(self, request: ConfigRecord) -> dict:
-        """Accuracy of the decrypted predictions; the logits are written for the referee."""
-        provider = str(request["provider"])
-        classes = list(request["classes"])
-        batches = get_arrays(self.state, f"querier.logits.{provider}",
-                             f"no decrypted logits for provider {provider!r}")
-        logits = np.concatenate([batches[k] for k in sorted(batches)])
-        queries = get_arrays(self.state, "querier.queries", NOT_PREPARED)
-        names = list(get_config(self.state, "querier.he", NOT_PREPARED)["label_names"])
-        known = queries["labels"] != OOD_LABEL
-        unknown = {names[y] for y in queries["labels"][known]} - set(classes)
-        if unknown:
-            raise ValueError(f"provider {provider!r} has no class for labels {sorted(unknown)}")
-        truth = np.asarray([classes.index(names[y]) if y != OOD_LABEL else OOD_LABEL
-                            for y in queries["labels"]])
-        if len(logits) != len(truth):
-            raise ValueError(f"{len(logits)} decrypted predictions for {len(truth)} queries")
-        predicted = logits.argmax(axis=1)
-        out = self.settings.workdir / "logits"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_save_file({"logits": logits, "truth": truth}, out / f"{provider}.safetensors")
-        del self.state[f"querier.logits.{provider}"]
-        reply = {"encrypted_accuracy": float((predicted[known] == truth[known]).mean()),
-                 "n": int(known.sum())}
-        if not known.all():  # OOD scores of the decrypted logits, computed here, by the querier
-            reply.update({f"ood_{k}_encrypted": v for k, v in ood_metrics(logits, truth).items()})
-            reply["n_ood"] = int((~known).sum())
-        return reply
+        """The predictions of one (provider, task), written as CSV and JSONL; scores where the
+        querier's texts have labels."""
+        s = self.settings
+        provider, task = str(request["provider"]), str(request["task"])
+        classes = [str(c) for c in request["classes"]]
+        queries = self._queries()
+        parts = self._parts(request)
+        logits = parts.assemble(len(queries))
+        folder = s.workdir / "predictions" / task
+        result = Predictions.from_logits(queries.ids, classes, logits, score=s.ood_score,
+                                         threshold=s.ood_threshold).write(folder / provider)
+        parts.remove()
+        return {**result.scores(queries.labels), "predictions": str(folder / f"{provider}.csv")}
 
+    def ensemble(self, request: ConfigRecord) -> dict:
+        """The mean probabilities of several providers of one task, written beside theirs."""
+        s = self.settings
+        task, providers = str(request["task"]), [str(p) for p in request["providers"]]
+        queries = self._queries()
+        folder = s.workdir / "predictions" / task
+        result = ensemble([Predictions.load(folder / p) for p in providers], score=s.ood_score,
+                          threshold=s.ood_threshold)
+        result.write(folder / "ensemble")
+        return {**result.scores(queries.labels), "predictions": str(folder / "ensemble.csv")}

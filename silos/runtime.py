@@ -1,32 +1,27 @@
-"""Per-process caches of what is slow to load: encoders and corpora.
+"""Per-process caches of what is slow to load: encoders and data sources.
 
 These are caches, not node state: a Flower worker process may run several silos in turn, and a
 result never depends on whether an entry was cached. Node state lives in ``context.state``.
 
-A corpus that cannot load or split as configured is refused with the ``dataset.*`` key to change:
-the simulation CLI loads it here before any worker starts; a deployed silo says so in its error.
+A source that cannot load as configured is refused with the config key to change (``key``): the
+simulation CLI loads every source here before any worker starts; a deployed silo says so in its
+error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from silos.data import (
-    PACKAGED_DATASETS,
-    MissingColumnError,
-    Split,
-    TextDataset,
-    load_corpus,
-    split_corpus,
-)
-from silos.embedding_cache import encode_cached
-from silos.ood import OOD_LABEL, class_map
+from silos.alignment import public_parts, scale_of
+from silos.data import PACKAGED_DATASETS, DataSource, MissingColumnError, TextTable, read_table
+from silos.embedding_cache import cached_embeddings, encode_cached
 from silos.registry import resolve_model
-from silos.settings import CorpusSpec, EncoderSpec
+from silos.settings import EncoderSpec, SiloSettings
 
 if TYPE_CHECKING:
     from silos.encoders import Encoder
@@ -48,75 +43,53 @@ def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
     )
 
 
-def configured_corpus(name: str, key: str, *, text_column: str = "text",
-                      label_column: str = "label", hf_split: str = "train") -> TextDataset:
-    """``load_corpus``, its errors restated as the config key to change: ``key`` names the corpus
-    (``dataset.name`` or ``dataset.ood``), ``dataset.text_column`` / ``label_column`` its columns."""
+def embed(spec: EncoderSpec, texts: Sequence[str], cache_dir: Path) -> np.ndarray:
+    """The embeddings of ``texts``: from the on-disk cache if there, without loading the LM."""
+    cached = cached_embeddings(spec.fingerprint, texts, cache_dir)
+    if cached is not None:
+        return cached
+    return encode_cached(load_encoder(spec, cache_dir), texts, cache_dir)
+
+
+@lru_cache(maxsize=8)
+def load_source(source: DataSource | None, key: str, *, labels: str = "required") -> TextTable:
+    """The rows of a data role, its errors restated as the config key to change (``key``: e.g.
+    ``public``, ``silos.bob.tasks.news``). ``labels``: ``required`` (a task's data), ``optional``
+    (a querier's texts: all rows kept, a missing label column means unlabelled) or ``none``."""
+    if source is None:
+        raise ValueError(f"{key}.source is not set: name the data (a packaged corpus, a CSV, JSONL "
+                         "or text file, or a Hugging Face dataset id), or run the benchmark preset "
+                         "(python -m simulations.run_local with public.source=null)")
+    if labels == "none":
+        source = DataSource(source.source, source.text_column, None, source.id_column,
+                            source.hf_split)
     try:
-        return load_corpus(name, text_column=text_column, label_column=label_column,
-                           hf_split=hf_split)
+        table = read_table(source, optional_labels=labels == "optional",
+                           drop_empty=labels != "optional")
     except MissingColumnError as err:
-        column_key = ("dataset.text_column" if err.column == text_column
-                      else "dataset.label_column")
-        raise ValueError(f"{column_key}={err.column}: {name} has no column {err.column!r}; its "
-                         f"columns are {err.columns}: set {column_key} to one of them") from None
+        column_key = ("text_column" if err.column == source.text_column else
+                      "label_column" if err.column == source.label_column else "id_column")
+        raise ValueError(f"{key}.{column_key}={err.column}: {source.source} has no column "
+                         f"{err.column!r}; its columns are {err.columns}") from None
     except (FileNotFoundError, ConnectionError) as err:
-        what = ("no such CSV file here" if name.endswith(".csv")
-                else f"no packaged corpus, CSV file or reachable Hugging Face dataset ({err})")
-        where = " (a deployed silo: dataset= in its --node-config)" if key == "dataset.name" else ""
-        raise ValueError(f"{key}={name}: {what}; set {key}{where} to a packaged corpus "
-                         f"({', '.join(PACKAGED_DATASETS)}), the path of a CSV file, or a Hugging "
-                         "Face dataset id") from None
+        raise ValueError(f"{key}.source={source.source}: no packaged corpus, file or reachable "
+                         f"Hugging Face dataset ({err}); set it to a packaged corpus "
+                         f"({', '.join(PACKAGED_DATASETS)}), the path of a CSV, JSONL or text "
+                         "file, or a Hugging Face dataset id") from None
+    if not len(table):
+        raise ValueError(f"{key}.source={source.source} holds no texts")
+    if labels == "required" and len(set(table.labels or [])) < 2:
+        raise ValueError(f"{key}.source={source.source}: a task needs at least two classes, "
+                         f"got {sorted(set(table.labels or []))}")
+    return table
 
 
-@lru_cache(maxsize=4)
-def load_benchmark(spec: CorpusSpec) -> tuple[TextDataset, Split]:
-    corpus = configured_corpus(spec.name, "dataset.name", text_column=spec.text_column,
-                               label_column=spec.label_column, hf_split=spec.hf_split)
-    sizes = {"n_public": spec.n_public, "n_private": spec.n_private, "n_query": spec.n_query}
-    stated = " + ".join(f"dataset.{k}={v}" for k, v in sizes.items())
-    if min(sizes.values()) < 1:
-        raise ValueError(f"{stated}: each must be at least 1")
-    if sum(sizes.values()) > len(corpus):
-        raise ValueError(f"{stated} = {sum(sizes.values()):,} texts, but the corpus {spec.name!r} "
-                         f"has {len(corpus):,}; lower dataset.n_public, n_private or n_query")
-    split = split_corpus(
-        len(corpus),
-        n_public=spec.n_public,
-        n_private=spec.n_private,
-        n_query=spec.n_query,
-        seed=spec.seed,
-    )
-    return corpus, split
-
-
-@lru_cache(maxsize=4)
-def load_ood_texts(spec: CorpusSpec) -> tuple[str, ...]:
-    """The out-of-distribution queries: ``spec.n_ood`` texts of ``spec.ood``, a seeded sample."""
-    if not spec.n_ood:
-        return ()
-    if spec.ood is None or spec.ood == spec.name:
-        raise ValueError(f"dataset.n_ood={spec.n_ood} needs dataset.ood, a corpus other than "
-                         f"{spec.name!r}")
-    corpus = configured_corpus(spec.ood, "dataset.ood")
-    if spec.n_ood > len(corpus):
-        raise ValueError(f"dataset.n_ood={spec.n_ood} but {spec.ood!r} has {len(corpus):,} texts; "
-                         "lower dataset.n_ood")
-    chosen = np.sort(np.random.default_rng(spec.seed + 2).permutation(len(corpus))[: spec.n_ood])
-    return tuple(corpus.texts[i] for i in chosen)
-
-
-def embed_queries(encoder: Encoder, spec: CorpusSpec, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The benchmark's queries, embedded: the query split with its corpus labels (``OOD_LABEL``
-    for held-out classes), then the OOD texts of another corpus (``OOD_LABEL``). The querier
-    embeds them to query; the provider the same set, for its native scores."""
-    corpus, split = load_benchmark(spec)
-    x = encode_cached(encoder, [corpus.texts[i] for i in split.query], cache_dir)
-    labels = corpus.labels[split.query]
-    _, remap = class_map(corpus.label_names, spec.holdout_classes)
-    labels = np.where(remap[labels] == OOD_LABEL, OOD_LABEL, labels)
-    ood = load_ood_texts(spec)
-    if ood:
-        x = np.vstack([x, encode_cached(encoder, list(ood), cache_dir)])
-        labels = np.concatenate([labels, np.full(len(ood), OOD_LABEL)])
-    return x, labels
+def public_space(settings: SiloSettings) -> dict[str, np.ndarray]:
+    """A silo's embeddings of the public texts in its own scaled space (over its largest
+    |coordinate| there, ``scale``), cut into the part that fits a map (``fit``) and the held-out
+    part that scores it (``val``): the same cut on both silos of a pair."""
+    public = embed(settings.encoder, load_source(settings.public, "public", labels="none").texts,
+                   settings.cache_dir)
+    scale = scale_of(public)
+    fit, val = public_parts(len(public), holdout=settings.holdout, seed=settings.seed)
+    return {"fit": public[fit] / scale, "val": public[val] / scale, "scale": np.array([scale])}

@@ -6,15 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from conf import active_silos
 from crypto.params import CKKSParams
+from silos.data import DataSource
 from silos.policy import ProviderPolicy
 from strategy.protocol import ROLES
 
-SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "policy"}
+SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "policy",
+             "public", "task", "queries", "tasks"}
+SOURCE_KEYS = {"source", "text_column", "label_column", "id_column", "hf_split"}
 
 
 @dataclass(frozen=True)
@@ -33,31 +35,11 @@ class EncoderSpec:
     threads: int | None = None
     quantize: str | None = None
 
-
-@dataclass(frozen=True)
-class CorpusSpec:
-    """The benchmark corpus and its seeded split into public / private / query texts."""
-
-    name: str
-    text_column: str = "text"
-    label_column: str = "label"
-    hf_split: str = "train"
-    n_public: int = 800
-    n_private: int = 400
-    n_query: int = 300
-    seed: int = 0
-    holdout: float = 0.2
-    ood: str | None = None  # a corpus whose texts are added to the queries as out-of-distribution
-    n_ood: int = 0
-    holdout_classes: tuple[str, ...] = ()  # classes the provider never trains on: OOD queries
-
-    def public_parts(self, public: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Split the public indices into the fit part and the held-out part (same on every silo)."""
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
-        order = np.random.default_rng(self.seed + 1).permutation(public)
-        n_val = round(self.holdout * len(public))
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    @property
+    def fingerprint(self) -> str:
+        """What determines the embeddings besides the texts: ``Encoder.fingerprint`` of the
+        encoder this spec loads (the embedding cache's key, part of a stored map's provenance)."""
+        return f"{self.model}|{self.pooling}|{self.max_length}|norm={self.normalize}"
 
 
 @dataclass(frozen=True)
@@ -84,23 +66,40 @@ class ServePolicy:
 
 @dataclass(frozen=True)
 class SiloSettings:
+    """What one silo is configured with. Data roles: ``public`` (every silo), ``tasks`` (a
+    provider's, name → labelled data), ``queries`` and ``task`` (a querier's); None where the
+    config leaves them unset (refused when used, naming the key)."""
+
     name: str
     role: str
     encoder: EncoderSpec
-    corpus: CorpusSpec
+    public: DataSource | None
+    tasks: tuple[tuple[str, DataSource], ...]
+    queries: DataSource | None
+    task: str | None
     workdir: Path
     cache_dir: Path
     he: CKKSParams
+    seed: int  # of the held-out part of the public texts, the same on both sides of a pair
+    holdout: float
     alphas: tuple[float, ...]
     select_alpha: bool
     default_alpha: float
+    reuse: bool  # reuse a stored map (querier) whose provenance is unchanged
     head_l2: float
     head_max_iter: int
+    ood_score: str
+    ood_threshold: float
     policy: ProviderPolicy  # a provider's own limits (a querier's are the defaults, unused)
     state_dir: Path  # what a silo keeps across runs (a provider's query budget)
-    workers: int = 1
-    serve: ServePolicy = ServePolicy()
-    cosine: bool = False
+    workers: int
+    serve: ServePolicy
+    cosine: bool
+
+    def alignment_config(self) -> dict:
+        """The alignment keys a stored map depends on (part of its provenance)."""
+        return {"holdout": self.holdout, "seed": self.seed, "alphas": list(self.alphas),
+                "select_alpha": self.select_alpha, "default_alpha": self.default_alpha}
 
     @classmethod
     def from_config(cls, cfg: DictConfig, name: str, *, policy: ProviderPolicy | None = None,
@@ -137,33 +136,28 @@ class SiloSettings:
             threads=cfg.encoder.threads,  # None or an int; Encoder refuses anything else
             quantize=cfg.encoder.quantize,
         )
-        corpus = CorpusSpec(
-            name=str(cfg.dataset.name),
-            text_column=str(cfg.dataset.text_column),
-            label_column=str(cfg.dataset.label_column),
-            hf_split=str(cfg.dataset.hf_split),
-            n_public=int(cfg.dataset.n_public),
-            n_private=int(cfg.dataset.n_private),
-            n_query=int(cfg.dataset.n_query),
-            seed=int(cfg.run.seed),
-            holdout=float(cfg.alignment.holdout),
-            ood=None if cfg.dataset.get("ood") is None else str(cfg.dataset.ood),
-            n_ood=int(cfg.dataset.get("n_ood", 0)),
-            holdout_classes=tuple(str(c) for c in cfg.dataset.get("holdout_classes", []) or []),
-        )
+        if str(cfg.predictions.ood_score) not in ("msp", "energy"):
+            raise ValueError(f"predictions.ood_score must be msp or energy, got "
+                             f"{cfg.predictions.ood_score!r}")
+        roles = _data_roles(cfg, name, silo)
         return cls(
             name=name,
             role=str(silo.role),
             encoder=encoder,
-            corpus=corpus,
+            **roles,
             workdir=workdir,
             cache_dir=Path(str(cfg.run.cache_dir)).expanduser(),
             he=CKKSParams.from_config(cfg.he),
+            seed=int(cfg.run.seed),
+            holdout=float(cfg.alignment.holdout),
             alphas=tuple(float(a) for a in cfg.alignment.alphas),
             select_alpha=bool(cfg.alignment.select_alpha),
             default_alpha=float(cfg.alignment.default_alpha),
+            reuse=bool(cfg.alignment.reuse),
             head_l2=float(cfg.head.l2),
             head_max_iter=int(cfg.head.max_iter),
+            ood_score=str(cfg.predictions.ood_score),
+            ood_threshold=float(cfg.predictions.ood_threshold),
             workers=int(cfg.alignment.workers),
             cosine=bool(cfg.alignment.cosine),
             policy=policy,
@@ -172,14 +166,73 @@ class SiloSettings:
         )
 
 
+def _data_roles(cfg: DictConfig, name: str, silo: DictConfig) -> dict:
+    """The silo's data roles from ``public`` (or the silo's own copy, ``silos.NAME.public``), its
+    own section and the ``columns`` defaults."""
+    columns = cfg.columns
+    public = None
+    own = silo.get("public")
+    if own is not None:
+        own = {"source": own} if isinstance(own, str) else own
+        public = DataSource(str(own["source"]), str(own.get("text_column", cfg.public.text_column)),
+                            None, None, str(own.get("hf_split", cfg.public.hf_split)))
+    elif cfg.public.get("source") is not None:
+        public = DataSource(str(cfg.public.source), str(cfg.public.text_column), None, None,
+                            str(cfg.public.hf_split))
+    if silo.role == "querier":
+        if silo.get("tasks") is not None:
+            raise KeyError(f"silo {name!r} is a querier: tasks are a provider's; a querier names "
+                           f"one task (silos.{name}.task) and its queries (silos.{name}.queries)")
+        queries = silo.get("queries")
+        return {"public": public, "tasks": (), "task": _optional_str(silo.get("task")),
+                "queries": None if queries is None else _source(
+                    queries, columns, f"silos.{name}.queries", ids=True)}
+    for key in ("queries", "task"):
+        if silo.get(key) is not None:
+            raise KeyError(f"silo {name!r} is a provider: {key} is a querier's; a provider "
+                           f"names its tasks (silos.{name}.tasks.NAME.source=...)")
+    tasks = silo.get("tasks") or {}
+    return {"public": public, "queries": None, "task": None,
+            "tasks": tuple((str(task), _source(spec, columns, f"silos.{name}.tasks.{task}"))
+                           for task, spec in tasks.items() if spec is not None)}
+
+
+def _source(spec, columns: DictConfig, key: str, *, ids: bool = False) -> DataSource:
+    """A role's source: a path string, or a mapping with ``source`` and optional columns."""
+    if isinstance(spec, str):
+        spec = {"source": spec}
+    elif not isinstance(spec, DictConfig) or "source" not in spec:
+        raise KeyError(f"{key} must be a source (path, packaged corpus, dataset id) or a mapping "
+                       f"with source and optional {sorted(SOURCE_KEYS - {'source'})}")
+    unknown = set(spec) - SOURCE_KEYS
+    if unknown:
+        raise KeyError(f"{key}: unknown keys {sorted(unknown)}; allowed: {sorted(SOURCE_KEYS)}")
+    return DataSource(
+        source=str(spec["source"]),
+        text_column=str(spec.get("text_column", columns.text)),
+        label_column=_optional_str(spec.get("label_column", columns.label)),
+        id_column=_optional_str(spec.get("id_column", columns.id)) if ids else None,
+        hf_split=str(spec.get("hf_split", columns.hf_split)),
+    )
+
+
+def _optional_str(value) -> str | None:
+    return None if value is None else str(value)
+
+
 # What a deployed SuperNode's --node-config may set, e.g.
-#   --node-config 'silo="bob" model="/srv/models/mpnet" dataset="/srv/data/bbc.csv" output-dir="/srv/out"'
+#   --node-config 'silo="bob" model="/srv/models/mpnet" public="/srv/data/public.jsonl"
+#                  tasks="news=/srv/data/news.csv" output-dir="/srv/out"'
 # The run config (the coordinator's) names the silos; each silo's own host says where its model, data
-# and output folders are, since those paths exist only there.
+# and output folders are, since those paths exist only there. ``tasks``: a provider's, as
+# NAME=PATH pairs separated by commas; ``queries`` and ``task``: a querier's.
 NODE_CONFIG_KEYS = {
     "role": "silos.{silo}.role",
     "model": "silos.{silo}.model",
-    "dataset": "dataset.name",
+    "public": "public.source",
+    "queries": "silos.{silo}.queries.source",
+    "task": "silos.{silo}.task",
+    "tasks": "silos.{silo}.tasks.{task}.source",
     "output-dir": "run.output_dir",
     "cache-dir": "run.cache_dir",
 }
@@ -209,13 +262,28 @@ def node_settings(cfg: DictConfig, node_config: dict) -> SiloSettings:
             raise KeyError(f"unknown silo {name!r}; configured silos: {list(active_silos(cfg))}")
         cfg = cfg.copy()
         for key, value in local.items():
-            OmegaConf.update(cfg, NODE_CONFIG_KEYS[key].format(silo=name), str(value), merge=False)
+            if key == "tasks":
+                for task, path in _task_paths(str(value)):
+                    OmegaConf.update(cfg, NODE_CONFIG_KEYS[key].format(silo=name, task=task),
+                                     path, merge=True)
+            else:
+                OmegaConf.update(cfg, NODE_CONFIG_KEYS[key].format(silo=name), str(value),
+                                 merge=True)
     if "silo" not in node_config:
         if set(node_config) & NODE_OWN_KEYS:
             raise KeyError(f"node config keys {sorted(set(node_config) & NODE_OWN_KEYS)} are a "
                            "deployed provider's: name its silo too (silo=...)")
         return SiloSettings.from_config(cfg, name)
     return _deployed(cfg, name, node_config)
+
+
+def _task_paths(value: str) -> list[tuple[str, str]]:
+    """``"news=/srv/news.csv,sport=/srv/sport.csv"`` (the ``tasks`` node config key) as pairs."""
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ValueError(f"node config tasks={value!r}: expected NAME=PATH pairs separated by "
+                         "commas, e.g. tasks=\"news=/srv/data/news.csv\"")
+    return [(task.strip(), path.strip()) for task, path in pairs]
 
 
 def _deployed(cfg: DictConfig, name: str, node_config: dict) -> SiloSettings:

@@ -78,42 +78,44 @@ def synthetic_task(n: int = 600, d: int = 48, k: int = 4, seed: int = 0) -> Task
 
 
 def real_task(overrides: list[str]) -> Task:
-    """The default run's querier and provider, prepared in-process (embeddings from the cache)."""
-    from flwr.app import RecordDict
-
+    """The default run's querier and provider on the benchmark preset's texts, in plaintext
+    (embeddings from the cache): the map fitted as the protocol fits it, the head as the
+    provider trains it."""
     from conf import load_config
     from silos.alignment import AffineMap, augment, fit_quality
-    from silos.provider import Provider
-    from silos.querier import Querier
+    from silos.data import encode_labels
+    from silos.head import LinearHead
+    from silos.runtime import embed, public_space
     from silos.settings import SiloSettings
-    from silos.state import get_arrays
+    from simulations.benchmark import benchmark_overrides, benchmark_rows
 
-    cfg = load_config([*overrides, "run.output_dir=/tmp/secure-align-bench-hardening"])
+    overrides = [*overrides, "run.output_dir=/tmp/secure-align-bench-hardening"]
+    cfg = load_config(overrides)
+    rows, _ = benchmark_rows(cfg)
+    cfg = load_config([*overrides, *benchmark_overrides(cfg)])  # the preset's files, named
     names = {s.role: name for name in cfg.silos if (s := cfg.silos[name]) is not None}
-    querier_name, provider_name = names["querier"], names["provider"]
-    q = Querier(SiloSettings.from_config(cfg, querier_name), RecordDict())
-    p = Provider(SiloSettings.from_config(cfg, provider_name), RecordDict())
-    q.prepare({})
-    p.prepare({})
-    x = get_arrays(q.state, "querier.public", "")
-    y = get_arrays(p.state, "provider.public", "")
-    xa_val = augment(x["x_val"])
-    y_sq = float(np.sum(y["y_val"].astype(np.float64) ** 2))
-    r2 = {a: fit_quality(AffineMap(a).fit(x["x_fit"], y["y_fit"]).augmented_coef(),
-                         xtx=xa_val.T @ xa_val, xty=xa_val.T @ y["y_val"], y_sq_sum=y_sq,
+    q, p = (SiloSettings.from_config(cfg, names[role]) for role in ("querier", "provider"))
+    xs, ys = public_space(q), public_space(p)
+    x_scale, y_scale = float(xs["scale"][0]), float(ys["scale"][0])
+    xa_val = augment(xs["val"])
+    y_sq = float(np.sum(ys["val"].astype(np.float64) ** 2))
+    r2 = {a: fit_quality(AffineMap(a).fit(xs["fit"], ys["fit"]).augmented_coef(),
+                         xtx=xa_val.T @ xa_val, xty=xa_val.T @ ys["val"], y_sq_sum=y_sq,
                          n_samples=len(xa_val))
-          for a in q.settings.alphas}
+          for a in q.alphas}
     alpha = max(r2, key=r2.get)
-    mapped = AffineMap(alpha).fit(np.vstack([x["x_fit"], x["x_val"]]),
-                                  np.vstack([y["y_fit"], y["y_val"]]))
-    queries = get_arrays(q.state, "querier.queries", "")
-    head = get_arrays(p.state, "provider.head", "")
-    Z = mapped.transform(queries["x"])
-    return Task(f"{q.settings.encoder.model} → {p.settings.encoder.model} on "
-                f"{q.settings.corpus.name} ({len(Z)} queries, d={Z.shape[1]}, "
-                f"K={head['coef'].shape[1]}, alpha={alpha:g})",
-                Z, queries["labels"], head["coef"], head["intercept"],
-                float(np.abs(y["y_fit"]).max()))
+    x, y = np.vstack([xs["fit"], xs["val"]]), np.vstack([ys["fit"], ys["val"]])
+    mapped = AffineMap(alpha).fit(x, y)
+    task = encode_labels([r["label"] for r in rows["task"]])
+    head = LinearHead(l2=p.head_l2, max_iter=p.head_max_iter).fit(
+        embed(p.encoder, [r["text"] for r in rows["task"]], p.cache_dir) / y_scale,
+        task["labels"], classes=task["label_names"])
+    known = [r for r in rows["queries"] if r["label"] in head.classes_]
+    labels = np.asarray([head.classes_.index(r["label"]) for r in known])
+    Z = mapped.transform(embed(q.encoder, [r["text"] for r in known], q.cache_dir) / x_scale)
+    return Task(f"{q.encoder.model} → {p.encoder.model} on {cfg.dataset.name} ({len(Z)} "
+                f"queries, d={Z.shape[1]}, K={head.coef_.shape[1]}, alpha={alpha:g})",
+                Z, labels, head.coef_, head.intercept_, float(np.abs(ys["fit"]).max()))
 
 
 def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0,

@@ -36,7 +36,14 @@ def simulate(
     cpus_per_silo: float = 2,
     verbose: bool = False,
 ) -> None:
-    """Run ``server_app`` against ``num_silos`` simulated SuperNodes running ``client_app``."""
+    """Run ``server_app`` against ``num_silos`` simulated SuperNodes running ``client_app``.
+
+    Where the config names no public corpus, the benchmark preset's files are written first and
+    named in the overrides (simulations/benchmark.py)."""
+    from conf import load_config
+    from simulations.benchmark import benchmark_overrides
+
+    overrides = [*overrides, *benchmark_overrides(load_config(overrides))]
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs; silences a warning
     run_config = {"overrides": shlex.join(overrides)}

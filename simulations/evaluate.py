@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from conf import CONF_DIR, load_config
 from simulations.evaluation import classification, convergence, figures, tradeoffs
-from simulations.evaluation.embeddings import corpus_spec, embed_lists, task_texts
+from simulations.evaluation.embeddings import embed_lists, task_texts
 from simulations.tables import write_csv
 
 EXPERIMENTS = ("classification", "convergence", "generation", "tradeoffs")
@@ -111,11 +111,11 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
     c = cfg.classification
     lists: dict[str, list[str]] = {}
     for task, spec in _tasks(cfg):  # the texts the classification simulations embedded
-        cs = corpus_spec(str(spec.get("dataset", task)), spec.get("ood"), n_public=int(c.n_public),
-                         n_private=int(c.n_private),
-                         n_query=int(c.n_query), n_ood=int(c.n_ood) if spec.get("ood") else 0,
-                         seed=int(cfg.seed))
-        lists.update({f"{task}/{part}": texts for part, texts in task_texts(cs).items()})
+        texts = task_texts(str(spec.get("dataset", task)), spec.get("ood"),
+                           n_public=int(c.n_public), n_private=int(c.n_private),
+                           n_query=int(c.n_query), n_ood=int(c.n_ood) if spec.get("ood") else 0,
+                           seed=int(cfg.seed))
+        lists.update({f"{task}/{part}": part_texts for part, part_texts in texts.items()})
     cv = cfg.convergence
     if cv.extra_texts:  # more public text than the classification runs embedded (costs embedding)
         from silos.data import load_corpus

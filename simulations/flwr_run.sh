@@ -12,10 +12,14 @@ export FLWR_TELEMETRY_ENABLED=0 HF_HUB_OFFLINE=1
 export FLWR_HOME="${FLWR_HOME:-$PWD/.flwr}"
 export PATH="$PWD/.venv/bin:$PATH"
 control_port="${FLWR_PORT:-19093}"
-read -r num_silos output_dir < <(python -c "import pathlib, sys
+# The silos' count, the output folder, and the benchmark preset's files (written here when the
+# config names no public corpus, as simulations.run_local does), named in extra overrides.
+read -r num_silos output_dir preset < <(python -c "import pathlib, shlex, sys
 from conf import active_silos, load_config
+from simulations.benchmark import benchmark_overrides
 cfg = load_config(sys.argv[1:])
-print(len(active_silos(cfg)), pathlib.Path(str(cfg.run.output_dir)).expanduser().resolve())" "$@")
+print(len(active_silos(cfg)), pathlib.Path(str(cfg.run.output_dir)).expanduser().resolve(),
+      ' '.join(benchmark_overrides(cfg)))" "$@")
 
 mkdir -p "$FLWR_HOME"
 cat > "$FLWR_HOME/config.toml" <<TOML
@@ -39,5 +43,5 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 
-overrides="$* run.output_dir=${output_dir}"
+overrides="$* run.output_dir=${output_dir} ${preset}"
 flwr run . local-sim --stream --run-config "overrides=\"${overrides}\""

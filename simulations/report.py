@@ -1,8 +1,10 @@
 """The benchmark referee: plaintext references for each pair, from the silos' own artifacts.
 
-Only a benchmark on one machine can do this: it reads every silo's workdir (the querier's map,
-embeddings and decrypted logits; the provider's head and embeddings). In the protocol no party
-sees these together. Nothing here feeds back into the run.
+Only a benchmark on one machine can do this: it reads every silo's workdir (the querier's map and
+predictions, the provider's head) and embeds every role's texts with both silos' models (through
+the embedding cache the silos filled), including the querier's texts with the provider's model for
+the native scores. In the protocol no party sees these together. Nothing here feeds back into the
+run.
 """
 
 from __future__ import annotations
@@ -11,62 +13,85 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+from omegaconf import OmegaConf
 
 from crypto.params import CKKSParams
 from silos.alignment import AffineMap
 from silos.head import LinearHead
 from silos.ood import OOD_LABEL, ood_metrics
+from silos.predictions import Predictions
+from silos.runtime import embed, load_source, public_space
+from silos.settings import SiloSettings, node_settings
 from strategy.table import markdown_table
 
 
-def referee_pair(output_dir: Path, pair: dict) -> dict:
-    """Accuracies of the encrypted, aligned and plaintext-fit paths, and their agreement."""
-    q_dir = output_dir / "silos" / pair["querier"]
-    p_dir = output_dir / "silos" / pair["provider"]
-    queries = load_file(q_dir / "query_embeddings.safetensors")
-    decrypted = load_file(q_dir / "logits" / f"{pair['provider']}.safetensors")
-    head = LinearHead.load(p_dir / "head")
-    encrypted_fit = AffineMap.load(q_dir / "maps" / pair["provider"])
-    x_public = load_file(q_dir / "public_embeddings.safetensors")
-    y_public = load_file(p_dir / "public_embeddings.safetensors")
+def pair_inputs(cfg: dict, pair: dict, node_configs: dict[str, dict] | None = None) -> dict:
+    """Everything a plaintext reference of one pair needs: both silos' scaled embeddings of the
+    public texts (fit and held-out parts) and of the querier's texts, the querier's map, the
+    provider's head, the decrypted predictions and the truth (``OOD_LABEL``: no class of it).
+    ``node_configs``: a deployment's (each silo names its own data there)."""
+    config = OmegaConf.create(cfg)
+    q, p = (node_settings(config, {"silo": name, **(node_configs or {}).get(name, {})})
+            if node_configs else SiloSettings.from_config(config, name)
+            for name in (pair["querier"], pair["provider"]))
+    task = pair["task"]
+    queries = load_source(q.queries, f"silos.{q.name}.queries", labels="optional")
+    fitted = AffineMap.load(q.workdir / "maps" / f"{p.name}.safetensors")
+    head = LinearHead.load(p.workdir / "heads" / f"{task}.safetensors")
+    x_public, y_public = public_space(q), public_space(p)
+    labels = queries.labels or [OOD_LABEL] * len(queries)
+    truth = np.asarray([head.classes_.index(y) if y in head.classes_ else OOD_LABEL
+                        for y in labels])
+    return {
+        "x_fit": x_public["fit"], "x_val": x_public["val"], "y_fit": y_public["fit"],
+        "y_val": y_public["val"], "map": fitted, "head": head, "truth": truth,
+        "x": embed(q.encoder, queries.texts, q.cache_dir) / fitted.provenance_["scale"],
+        "native_x": embed(p.encoder, queries.texts, p.cache_dir) / head.provenance_["scale"],
+        "decrypted": Predictions.load(q.workdir / "predictions" / task / p.name),
+        "labelled": queries.labels is not None,
+    }
+
+
+def referee_pair(cfg: dict, pair: dict, node_configs: dict[str, dict] | None = None) -> dict:
+    """Accuracies of the native, encrypted, aligned and plaintext-fit paths, and their agreement."""
+    inputs = pair_inputs(cfg, pair, node_configs)
+    head, encrypted_fit, truth = inputs["head"], inputs["map"], inputs["truth"]
     plaintext_fit = AffineMap(alpha=encrypted_fit.alpha).fit(
-        np.vstack([x_public["x_fit"], x_public["x_val"]]),
-        np.vstack([y_public["y_fit"], y_public["y_val"]]),
-    )
-    truth = decrypted["truth"]
+        np.vstack([inputs["x_fit"], inputs["x_val"]]), np.vstack([inputs["y_fit"], inputs["y_val"]]))
     known = truth != OOD_LABEL  # OOD queries have no class: accuracies count the others
-    reference = head.decision_function(encrypted_fit.transform(queries["x"]))  # float64
-    plain = head.decision_function(plaintext_fit.transform(queries["x"]))
-    encrypted = decrypted["logits"]
+    reference = head.decision_function(encrypted_fit.transform(inputs["x"]))  # float64
+    plain = head.decision_function(plaintext_fit.transform(inputs["x"]))
+    native = head.decision_function(inputs["native_x"])
+    encrypted = inputs["decrypted"].logits
     relative = np.linalg.norm(encrypted_fit.coef_ - plaintext_fit.coef_) / np.linalg.norm(
         plaintext_fit.coef_)
-    r2, cosine = held_out_quality(encrypted_fit.alpha, x_public, y_public)
+    r2, cosine = held_out_quality(encrypted_fit.alpha, inputs)
     figures = {
         "plaintext_r2": r2,
         "plaintext_cosine": cosine,
-        "aligned_accuracy": float((reference.argmax(1) == truth)[known].mean()),
-        "plaintext_fit_accuracy": float((plain.argmax(1) == truth)[known].mean()),
-        "encrypted_accuracy": float((encrypted.argmax(1) == truth)[known].mean()),
         "agreement": float((encrypted.argmax(1) == reference.argmax(1)).mean()),
         # Over the logits the querier kept (its output policy may drop some: -inf).
         "max_abs_error": float(np.abs(encrypted - reference)[np.isfinite(encrypted)].max()),
         "map_relative_error": float(relative),
     }
-    if not known.all():
-        native = load_file(p_dir / "native_logits.safetensors")
-        for name, logits, labels in (("native", native["logits"], native["truth"]),
-                                     ("aligned", reference, truth)):
-            figures.update({f"ood_{k}_{name}": v for k, v in ood_metrics(logits, labels).items()})
+    if inputs["labelled"] and known.any():
+        figures.update({
+            "native_accuracy": float((native.argmax(1) == truth)[known].mean()),
+            "aligned_accuracy": float((reference.argmax(1) == truth)[known].mean()),
+            "plaintext_fit_accuracy": float((plain.argmax(1) == truth)[known].mean()),
+        })
+    if inputs["labelled"] and known.any() and not known.all():
+        for name, logits in (("native", native), ("aligned", reference)):
+            figures.update({f"ood_{k}_{name}": v for k, v in ood_metrics(logits, truth).items()})
     return figures
 
 
-def held_out_quality(alpha: float, x: dict, y: dict) -> tuple[float, float]:
+def held_out_quality(alpha: float, inputs: dict) -> tuple[float, float]:
     """R² and mean cosine on the held-out public texts, in plaintext: what the protocol reports."""
-    if not len(x["x_val"]):
+    if not len(inputs["x_val"]):
         return float("nan"), float("nan")
-    predicted = AffineMap(alpha).fit(x["x_fit"], y["y_fit"]).transform(x["x_val"])
-    target = y["y_val"].astype(np.float64)
+    predicted = AffineMap(alpha).fit(inputs["x_fit"], inputs["y_fit"]).transform(inputs["x_val"])
+    target = inputs["y_val"].astype(np.float64)
     r2 = 1 - ((predicted - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum()
     cosine = np.sum(predicted * target, axis=1) / (
         np.linalg.norm(predicted, axis=1) * np.linalg.norm(target, axis=1))
@@ -104,24 +129,26 @@ def memory_by_silo(output_dir: Path, run_id: int | None = None) -> dict[str, dic
     return memory
 
 
-def build_report(output_dir: Path, run: dict, command: str) -> dict:
-    """Merge the run summary with the referee's figures; write report.json and report.md."""
+def build_report(output_dir: Path, run: dict, command: str, *,
+                 node_configs: dict[str, dict] | None = None) -> dict:
+    """Merge the run summary with the referee's figures; write report.json and report.md.
+    ``node_configs``: a deployment's, whose silos name their own data."""
     pairs = []
     for pair in run["pairs"]:
         pair = dict(pair)
         if pair.get("status") == "ok":
-            pair.update(referee_pair(output_dir, pair))
+            pair.update(referee_pair(run["config"], pair, node_configs))
         pairs.append(pair)
     cfg = run.get("config", {})
-    dataset = cfg.get("dataset", {})
     memory = memory_by_silo(output_dir, run.get("run_id"))
+    silos = run.get("silos", {})
     report = {
         "command": command,
         "run_id": run.get("run_id"),
-        "task": dataset.get("name"),
-        "pairs": [{"task": dataset.get("name"), "n_public": dataset.get("n_public"), **p}
-                  for p in pairs],
-        "silos": run.get("silos", {}),
+        "tasks": sorted({p["task"] for p in pairs if p.get("task")}),
+        "pairs": [{"n_public": silos.get(p["querier"], {}).get("n_public"), **p} for p in pairs],
+        "ensembles": run.get("ensembles", []),
+        "silos": silos,
         "errors": run.get("errors", []),
         "seconds": run.get("seconds", {}),
         "memory": memory,
@@ -148,6 +175,37 @@ def _no_pair_completed(report: dict) -> list[str]:
     return lines
 
 
+def _n_public(report: dict) -> str:
+    counts = {s.get("n_public") for s in report.get("silos", {}).values() if s.get("n_public")}
+    return "/".join(str(n) for n in sorted(counts)) or "—"
+
+
+def _ensembles(report: dict) -> list[str]:
+    lines = []
+    for e in report.get("ensembles", []):
+        if e.get("status") != "ok":
+            lines.append(f"- {e['querier']} · {e['task']}: ensemble failed: {e.get('error')}")
+        elif "beats_best" in e:
+            lines.append(f"- {e['querier']} · {e['task']}: the ensemble of "
+                         f"{', '.join(e['providers'])} scores {e['accuracy']:.3f}, the best "
+                         f"single provider {e['best_single']:.3f}: it "
+                         f"{'beats' if e['beats_best'] else 'does not beat'} it "
+                         f"({e['predictions']})")
+        else:
+            lines.append(f"- {e['querier']} · {e['task']}: ensemble of "
+                         f"{', '.join(e['providers'])}: {e['predictions']} (unlabelled texts)")
+    return ["Ensembles (mean probabilities of the providers of one task):", *lines, ""] \
+        if lines else []
+
+
+def _maps(report: dict) -> list[str]:
+    lines = [f"- {p['querier']} → {p['provider']}: {p['map']} ({p.get('map_why', '')}); "
+             f"predictions: {p.get('predictions')}" + (
+                 f"; resumed {p['n_resumed']} answered queries" if p.get("n_resumed") else "")
+             for p in report["pairs"] if p.get("status") == "ok"]
+    return ["Maps and predictions:", *lines, ""] if lines else []
+
+
 def render_markdown(report: dict) -> str:
     """The run's Markdown report: the pairs' tables, or why no pair completed."""
     cfg = report["config"]
@@ -157,10 +215,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Task: {report['task']}, public texts {cfg['dataset']['n_public']} (the map is fit on "
-        f"{1 - cfg['alignment']['holdout']:.0%} and scored on the rest, then refit on all), "
-        f"provider's private texts {cfg['dataset']['n_private']}, queries "
-        f"{cfg['dataset']['n_query']}; CKKS N={he.get('poly_modulus_degree')}, "
+        f"Tasks: {', '.join(report['tasks']) or '—'}; public texts "
+        f"{_n_public(report)} (the map is fit on {1 - cfg['alignment']['holdout']:.0%} and "
+        f"scored on the rest, then refit on all); CKKS N={he.get('poly_modulus_degree')}, "
         f"moduli {he.get('coeff_mod_bit_sizes')}, query scale 2^{he.get('input_scale_bits')}, "
         f"fit scale 2^{he.get('fit_input_scale_bits')}; batch size "
         f"{cfg['serve']['batch_size']} (single path up to {cfg['serve']['single_max']}).",
@@ -198,6 +255,7 @@ def render_markdown(report: dict) -> str:
             f"{p.get('serve_context_bytes', 0) / 1024:.1f} | "
             f"{p.get('wall_ms_per_query', float('nan')):.2f} |"
         )
+    lines += ["", *_maps(report), *_ensembles(report)]
     seconds = report.get("seconds", {})
     if report.get("memory"):
         lines += ["", "Peak resident memory per message, MiB (messages.jsonl; simulated silos share "

@@ -21,10 +21,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from omegaconf import DictConfig
 
-from conf import active_silos, he_presets, load_config, parse_pairs
+from conf import active_silos, file_overrides, he_presets, load_config, parse_pairs
 from silos.data import PACKAGED_DATASETS
 from silos.registry import PACKAGED_MODELS
 from silos.settings import SiloSettings
+from simulations.benchmark import benchmark_overrides, benchmark_rows
 from simulations.engine import simulate
 from simulations.report import build_report
 from strategy.protocol import ROLES
@@ -37,8 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=(
             "Run the secure cross-silo inference protocol between the configured silos (one "
             "querier, several providers) in Flower's simulation engine: encrypted alignment on "
-            "public texts, then encrypted classification of the querier's private texts. Prints a "
-            "table per (querier, provider) pair and writes report.json and report.md."
+            "the shared public texts (or the stored map, when nothing changed), then encrypted "
+            "classification of the querier's texts by every provider that offers its task. The "
+            "querier writes its predictions (CSV and JSONL per provider, and their ensemble); "
+            "the run prints a table per pair and writes report.json and report.md. By default "
+            "the benchmark preset splits one packaged corpus into the three data roles; name "
+            "your own with public.source=... silos.NAME.queries.source=... "
+            "silos.NAME.tasks.TASK.source=... (docs/usage.md)."
         ),
         epilog=(
             f"packaged models: {', '.join(PACKAGED_MODELS)}\n"
@@ -48,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        help="a YAML file of overrides (nested keys of conf/default.yaml), e.g. "
+                             "each organisation's data; KEY=VALUE pairs apply on top")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides (OmegaConf dotlist), e.g. dataset.n_query=200")
     parser.add_argument("--verbose", action="store_true", help="Flower debug logs")
@@ -57,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.config is not None:
+            args.overrides = [*file_overrides(args.config), *args.overrides]
         cfg, output_dir, overrides = load_run(args.overrides)
     except (KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
@@ -80,17 +91,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_run(cli_overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
     """The checked config, its absolute output folder, and the overrides that pin that folder
-    (every engine's silos must write where the referee reads). Raises KeyError/ValueError."""
+    (every engine's silos must write where the referee reads) and name the benchmark preset's
+    files where it applies (``public.source`` null). Raises KeyError/ValueError."""
     cfg = load_config(cli_overrides)
-    check_silos(cfg)
     output_dir = Path(str(cfg.run.output_dir)).expanduser().resolve()
-    return cfg, output_dir, [*cli_overrides, f"run.output_dir={output_dir}"]
+    overrides = [*cli_overrides, f"run.output_dir={output_dir}"]
+    overrides += benchmark_overrides(load_config(overrides))
+    cfg = load_config(overrides)
+    check_silos(cfg)
+    return cfg, output_dir, overrides
 
 
-def report_run(output_dir: Path, command: str, started: float) -> int:
-    """Referee a finished run (its run.json), print the table and failures; the exit code."""
+def report_run(output_dir: Path, command: str, started: float, *,
+               node_configs: dict[str, dict] | None = None) -> int:
+    """Referee a finished run (its run.json), print the table and failures; the exit code.
+    ``node_configs``: a deployment's, whose silos name their own data."""
     run = json.loads((output_dir / "run.json").read_text())
-    report = build_report(output_dir, run, command.strip())
+    report = build_report(output_dir, run, command.strip(), node_configs=node_configs)
     if report["pairs"]:
         print("\nReport, with the benchmark's plaintext references:")
         print(format_table(report["pairs"]))
@@ -129,30 +146,42 @@ def check_silos(cfg: DictConfig, *, data: bool = True) -> None:
     for querier, provider in parse_pairs(cfg.pairs) or []:
         if roles.get(querier) != "querier" or roles.get(provider) != "provider":
             raise ValueError(f"pair {querier}:{provider} is not a configured querier:provider pair")
-    if data:
+    if data and cfg.public.get("source") is None:  # the preset's corpus, split as configured
+        check_models(settings)
+        benchmark_rows(cfg)
+    elif data:
+        check_models(settings)
         check_data(settings)
 
 
-def check_data(settings: list[SiloSettings]) -> None:
-    """Every silo's model resolves here, and the corpus loads and splits as configured (the
-    silos share one corpus spec). Loads the corpus once (a second or two): the same function and
-    checks the silos run, so what passes here passes there."""
-    from silos.ood import class_map
+def check_models(settings: list[SiloSettings]) -> None:
+    """Every silo's model resolves here (installed, or a path that exists)."""
     from silos.registry import ModelNotInstalledError, check_model
-    from silos.runtime import load_benchmark, load_ood_texts
 
     for s in settings:
         try:
             check_model(s.encoder.model)
         except (ModelNotInstalledError, FileNotFoundError) as err:
             raise ValueError(f"silos.{s.name}.model={s.encoder.model}: {err}") from None
-    spec = settings[0].corpus
-    corpus, _ = load_benchmark(spec)
-    load_ood_texts(spec)
-    try:
-        class_map(corpus.label_names, spec.holdout_classes)
-    except ValueError as err:
-        raise ValueError(f"dataset.holdout_classes={list(spec.holdout_classes)}: {err}") from None
+
+
+def check_data(settings: list[SiloSettings]) -> None:
+    """Every data role loads: the same functions and checks the silos run (a second or two), so
+    what passes here passes there."""
+    from silos.runtime import load_source
+
+    for s in settings:
+        load_source(s.public, "public", labels="none")
+        if s.role == "querier":
+            load_source(s.queries, f"silos.{s.name}.queries", labels="optional")
+            if s.task is None:
+                raise ValueError(f"silos.{s.name}.task is not set: name the task this querier "
+                                 "asks the providers for")
+        for task, source in s.tasks:
+            load_source(source, f"silos.{s.name}.tasks.{task}")
+        if s.role == "provider" and not s.tasks:
+            raise ValueError(f"provider {s.name!r} offers no task: set silos.{s.name}.tasks."
+                             "NAME.source to its labelled data")
 
 
 def _server_app():

@@ -54,4 +54,23 @@ def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -
     for pair in summary["pairs"]:
         if pair["status"] != "ok":
             print(f"failed: {pair['querier']} → {pair['provider']}: {pair['error']}", flush=True)
+    print(predictions_summary(summary), flush=True)
     return summary
+
+
+def predictions_summary(summary: dict) -> str:
+    """Where the querier wrote each pair's predictions (and each ensemble's), with its scores."""
+    lines = ["\nPredictions (written by the querier, on its own disk):"]
+    for item in [*summary["pairs"], *summary.get("ensembles", [])]:
+        if item.get("status") != "ok":
+            continue
+        who = item.get("provider") or "ensemble of " + ", ".join(item["providers"])
+        score = item.get("encrypted_accuracy", item.get("accuracy"))
+        scored = "" if score is None else f"  (accuracy {score:.3f})"
+        lines.append(f"  {item['querier']} · {item['task']} · {who}: {item['predictions']}{scored}")
+    for item in summary.get("ensembles", []):
+        if "beats_best" in item:
+            lines.append(f"  ensemble {'beats' if item['beats_best'] else 'does not beat'} the "
+                         f"best single provider ({item['accuracy']:.3f} vs "
+                         f"{item['best_single']:.3f})")
+    return "\n".join(lines)

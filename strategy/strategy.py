@@ -1,8 +1,12 @@
-"""SecureAlignmentStrategy: discover → prepare → align → serve, relaying bytes it cannot read.
+"""SecureAlignmentStrategy: discover → pair by task → prepare → align → serve, relaying bytes it
+cannot read.
 
-For every (querier, provider) pair it fits the querier's affine map under encryption, then routes
-the querier's encrypted queries to the provider's head and the encrypted logits back. It times every
-phase and counts every payload byte; a silo that fails or does not answer fails only its own pairs.
+It pairs every querier with each provider that offers the querier's task and holds the same public
+texts (by digest). For every pair the querier reuses its stored map or fits one under encryption,
+then the coordinator routes the querier's encrypted queries to the provider's head for that task
+and the encrypted logits back; where several providers serve one task, the querier also gets
+their ensemble. It times every phase and counts every payload byte; a silo that fails or does not
+answer fails only its own pairs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
+from tqdm.auto import tqdm
 
 from strategy.protocol import (
     Action,
@@ -83,7 +88,8 @@ class SecureAlignmentStrategy:
         own error reply is never resent.
     min_nodes : silos to wait for before starting (deployments connect over time).
     wait_for_nodes : seconds to wait for them.
-    pairs : (querier, provider) names to run; None runs every querier with every provider.
+    pairs : (querier, provider) names to run; None runs every querier with every provider that
+        offers the querier's task.
     expected : the silos the run config names; one that no node answers for is reported (else its
         pairs would silently not exist), as is a name two nodes claim.
     """
@@ -203,7 +209,8 @@ class SecureAlignmentStrategy:
         return silos, errors
 
     def prepare(self, grid: Grid, silos: dict[str, Silo], ledger: Ledger) -> list[str]:
-        """Every silo embeds its texts (a provider trains its head); returns the errors."""
+        """Every silo of a pair gets ready: a querier embeds its texts and makes this run's keys,
+        a provider loads (or trains) a head per task. Returns the errors; failed silos leave."""
         targets = [(s.node_id, s.name) for s in silos.values()]
         results = self._round(grid, targets, Action.PREPARE, {}, ledger, "prepare")
         errors = []
@@ -216,12 +223,58 @@ class SecureAlignmentStrategy:
                 silo.info.update({f"prepare_{k}": v for k, v in result.items()})
         return errors
 
+    def pair_up(self, silos: dict[str, Silo]) -> tuple[list[tuple[Silo, Silo]], list[dict],
+                                                       list[str]]:
+        """Each querier with every provider that offers its task (and, with ``pairs``, is
+        listed): the pairs to run, the pairs refused (their public texts differ) and errors (a task
+        no provider offers)."""
+        ordered = [silos[name] for name in sorted(silos)]
+        providers = [s for s in ordered if s.role == "provider"]
+        pairs, refused, errors = [], [], []
+        for querier in (s for s in ordered if s.role == "querier"):
+            task = str(querier.info["task"])
+            listed = [p for p in providers
+                      if self.pairs is None or (querier.name, p.name) in self.pairs]
+            offering = [p for p in listed if task in p.info.get("tasks", [])]
+            for provider in listed:
+                if provider not in offering and self.pairs is not None:
+                    errors.append(f"pair {querier.name}:{provider.name}: provider "
+                                  f"{provider.name!r} does not offer task {task!r} (it offers "
+                                  f"{list(provider.info.get('tasks', []))})")
+            if not offering:
+                offered = "; ".join(f"{p.name}: {list(p.info.get('tasks', []))}"
+                                    for p in providers) or "no provider answered"
+                errors.append(f"querier {querier.name!r} asks for task {task!r}, which no "
+                              f"provider offers ({offered}); set silos.{querier.name}.task")
+            for provider in offering:
+                mine, theirs = querier.info["public_digest"], provider.info["public_digest"]
+                if mine != theirs:  # row i of X̃ and of Y must be the same public text
+                    refused.append({
+                        "querier": querier.name, "provider": provider.name, "task": task,
+                        "querier_model": querier.model, "provider_model": provider.model,
+                        "status": "failed", "failed_silo": provider.name,
+                        "failed_action": Action.DESCRIBE.value,
+                        "error": f"the public texts differ: {querier.name!r} holds sha256 {mine}, "
+                                 f"{provider.name!r} holds sha256 {theirs} (each silo must hold "
+                                 "the same public corpus, in the same order)"})
+                else:
+                    pairs.append((querier, provider))
+        return pairs, refused, errors
+
     def align(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
+        """The querier's map into the provider's space: its stored one if still valid, else
+        fitted under encryption. Returns the fit quality and how the map was obtained."""
+        restored = self._ask(grid, querier, Action.RESTORE, {
+            "provider": provider.name, "provider_fingerprint": provider.info["fingerprint"]},
+            ledger, "align")
+        if restored["reused"]:
+            return {"map": "reused", "map_why": restored["why"], "alpha": restored["alpha"],
+                    "r2": restored["r2"], "cosine": restored["cosine"]}
+        return {"map": "fitted", "map_why": restored["why"],
+                **self.fit(grid, querier, provider, ledger)}
+
+    def fit(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
         """Fit the querier's map into the provider's space under encryption; fit quality."""
-        mine, theirs = (s.info.get("prepare_split_sha_public") for s in (querier, provider))
-        if mine != theirs:  # row i of X̃ and of Y must be the same public text
-            raise SiloError(provider.name, Action.CROSS_PRODUCTS,
-                            f"its public texts differ from {querier.name!r}'s ({theirs} vs {mine})")
         # Enc(X̃) is laid out for the provider's dimension, so it is encrypted per pair.
         upload = self._ask(grid, querier, Action.UPLOAD, {
             "d_out": int(provider.info["prepare_dim"])}, ledger, "align")
@@ -241,8 +294,8 @@ class SecureAlignmentStrategy:
                 "querier": querier.name, "d_in": upload["d_in"], "rows": select["rows"]},
                 ledger, "align")["products"]
         finish = self._ask(grid, querier, Action.FINISH, {
-            "provider": provider.name, "d_out": cross["d_out"], "products": products},
-            ledger, "align")
+            "provider": provider.name, "d_out": cross["d_out"], "products": products,
+            "provider_fingerprint": provider.info["fingerprint"]}, ledger, "align")
         return {
             "alpha": finish["alpha"], "r2": finish["r2"], "cosine": finish["cosine"],
             "r2_by_alpha": dict(zip(select.get("alphas", []), select.get("r2_by_alpha", []),
@@ -256,29 +309,36 @@ class SecureAlignmentStrategy:
         }
 
     def serve(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
-        """Route the querier's encrypted queries through the provider's head, in batches."""
+        """Route the querier's encrypted queries through the provider's head for the querier's
+        task, in batches; only the batches an interrupted run left unanswered are sent."""
+        task = str(querier.info["task"])
         n_queries = int(querier.info["n_queries"])
-        n_classes = len(provider.info["classes"])
-        batches = [(first, min(first + self.batch_size, n_queries))
-                   for first in range(0, n_queries, self.batch_size)]
+        classes = list(provider.info[f"classes.{task}"])
+        serving = {"provider": provider.name, "task": task, "classes": classes,
+                   "head": provider.info[f"head.{task}"], "batch_size": self.batch_size}
+        plan = self._ask(grid, querier, Action.PLAN, serving, ledger, "serve")
+        batches = list(zip(plan.get("starts", []), plan.get("stops", []), strict=True))
         paths = ["single" if stop - first <= self.single_max else "batched"
                  for first, stop in batches]
         timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
         sent = received = context_bytes = charged = 0
         budget_left = -1
+        progress = tqdm(total=n_queries, initial=int(plan["n_done"]), unit="query",
+                        desc=f"serve {querier.name} → {provider.name}", mininterval=1.0,
+                        disable=not batches)
         for index, ((first, stop), path) in enumerate(zip(batches, paths, strict=True)):
             batch = self._ask(grid, querier, Action.ENCRYPT, {
                 "provider": provider.name, "start": first, "stop": stop, "path": path,
-                "n_classes": n_classes, "with_context": index == 0,
+                "n_classes": len(classes), "with_context": index == 0,
                 "rotations": "single" in paths}, ledger, "serve")
-            evaluate = {"querier": querier.name, "ciphertexts": batch["ciphertexts"],
+            evaluate = {"querier": querier.name, "task": task, "ciphertexts": batch["ciphertexts"],
                         "path": path, "n": batch["n"]}
             if "context" in batch:  # the serving context replaces the alignment one
                 evaluate["context"] = batch["context"]
                 context_bytes = len(batch["context"])
             logits = self._ask(grid, provider, Action.EVALUATE, evaluate, ledger, "serve")
             done = self._ask(grid, querier, Action.DECRYPT, {
-                "provider": provider.name, "start": first, "n": batch["n"], "path": path,
+                **serving, "start": first, "n": batch["n"], "path": path,
                 "n_classes": logits["n_classes"], "ciphertexts": logits["ciphertexts"]},
                 ledger, "serve")
             sent += sum(len(c) for c in batch["ciphertexts"])
@@ -288,59 +348,84 @@ class SecureAlignmentStrategy:
             timing["decrypt"] += done["seconds"]
             charged += int(logits.get("charged", 0))
             budget_left = int(logits.get("budget_left", -1))
-        report = self._ask(grid, querier, Action.REPORT, {
-            "provider": provider.name, "classes": list(provider.info["classes"])}, ledger,
-            "serve")
+            progress.update(stop - first)
+        progress.close()
+        report = self._ask(grid, querier, Action.REPORT, serving, ledger, "serve")
         compute = sum(timing.values())
+        served = sum(stop - first for first, stop in batches)
+        per = 1000 / max(served, 1)  # milliseconds per query served in this run
         return {
-            "path": "+".join(sorted(set(paths))), "batch_size": self.batch_size,
-            "n_queries": n_queries,
-            "encrypted_accuracy": report["encrypted_accuracy"],
-            **{k: v for k, v in report.items() if k.startswith("ood_") or k == "n_ood"},
-            "latency_ms_per_query": 1000 * compute / n_queries,
-            **{f"{k}_ms_per_query": 1000 * v / n_queries for k, v in timing.items()},
-            "wall_ms_per_query": 1000 * ledger.seconds.get("serve", 0.0) / n_queries,
+            "task": task, "path": "+".join(sorted(set(paths))) or "—",
+            "batch_size": self.batch_size, "n_queries": n_queries, "n_served": served,
+            "n_resumed": int(plan["n_done"]),
+            **{k: v for k, v in report.items() if k not in ("n",)},
+            "latency_ms_per_query": per * compute,
+            **{f"{k}_ms_per_query": per * v for k, v in timing.items()},
+            "wall_ms_per_query": per * ledger.seconds.get("serve", 0.0),
             "serve_context_bytes": context_bytes,
-            "bytes_per_query": (sent + received) / n_queries,
-            "bytes_in_per_query": sent / n_queries, "bytes_out_per_query": received / n_queries,
+            "bytes_per_query": (sent + received) / max(served, 1),
+            "bytes_in_per_query": sent / max(served, 1),
+            "bytes_out_per_query": received / max(served, 1),
             # Query slots the provider counted against the querier's budget (-1 left: no limit).
             "queries_charged": charged, "budget_left": budget_left,
         }
+
+    def ensemble(self, grid: Grid, querier: Silo, task: str, pairs: list[dict],
+                 ledger: Ledger) -> dict:
+        """The mean probabilities of the providers that served one task, and whether that beats
+        the best of them (where the querier's texts are labelled)."""
+        providers = [p["provider"] for p in pairs]
+        result = {"querier": querier.name, "task": task, "providers": providers}
+        try:
+            reply = self._ask(grid, querier, Action.ENSEMBLE, {"task": task,
+                                                               "providers": providers},
+                              ledger, "ensemble")
+        except SiloError as err:
+            return {**result, "status": "failed", "error": str(err)}
+        result.update(status="ok", predictions=reply["predictions"])
+        if "encrypted_accuracy" in reply:
+            best = max(p["encrypted_accuracy"] for p in pairs)
+            result.update(accuracy=reply["encrypted_accuracy"], best_single=best,
+                          beats_best=bool(reply["encrypted_accuracy"] > best))
+        return result
 
     # -- the whole run ----------------------------------------------------------------------------
     def start(self, grid: Grid) -> dict:
         run = Ledger()
         started = time.perf_counter()
         silos, errors = self.discover(grid, run)
-        errors += self.prepare(grid, silos, run)
-        ordered = [silos[name] for name in sorted(silos)]
-        queriers = [s for s in ordered if s.role == "querier"]
-        providers = [s for s in ordered if s.role == "provider"]
-        pairs = []
-        for querier in queriers:
-            for provider in providers:
-                if self.pairs is not None and (querier.name, provider.name) not in self.pairs:
-                    continue
-                ledger = Ledger()
-                pair = {"querier": querier.name, "provider": provider.name,
-                        "querier_model": querier.model, "provider_model": provider.model,
-                        "native_accuracy": provider.info.get("prepare_native_accuracy"),
-                        "n_queries": querier.info.get("n_queries")}
-                try:
-                    pair.update(self.align(grid, querier, provider, ledger))
-                    pair.update(self.serve(grid, querier, provider, ledger))
-                    pair["status"] = "ok"
-                except SiloError as err:
-                    log.error("pair %s → %s failed: %s", querier.name, provider.name, err)
-                    pair.update(status="failed", error=str(err), failed_silo=err.silo,
-                                failed_action=err.action.value)
-                pair.update(seconds=ledger.seconds, bytes_sent=ledger.bytes_sent,
-                            bytes_received=ledger.bytes_received, resent=ledger.resent)
-                pairs.append(pair)
+        pairs, refused, pairing_errors = self.pair_up(silos)
+        errors += pairing_errors
+        involved = {s.name: s for pair in pairs for s in pair}
+        errors += self.prepare(grid, involved, run)  # a silo that fails leaves with its pairs
+        pairs = [(q, p) for q, p in pairs if q.name in involved and p.name in involved]
+        results = list(refused)
+        for querier, provider in pairs:
+            ledger = Ledger()
+            pair = {"querier": querier.name, "provider": provider.name,
+                    "querier_model": querier.model, "provider_model": provider.model,
+                    "task": querier.info["task"], "n_queries": querier.info.get("n_queries")}
+            try:
+                pair.update(self.align(grid, querier, provider, ledger))
+                pair.update(self.serve(grid, querier, provider, ledger))
+                pair["status"] = "ok"
+            except SiloError as err:
+                log.error("pair %s → %s failed: %s", querier.name, provider.name, err)
+                pair.update(status="failed", error=str(err), failed_silo=err.silo,
+                            failed_action=err.action.value)
+            pair.update(seconds=ledger.seconds, bytes_sent=ledger.bytes_sent,
+                        bytes_received=ledger.bytes_received, resent=ledger.resent)
+            results.append(pair)
+        ensembles = []
+        for querier in {q.name: q for q, _ in pairs}.values():
+            served = [p for p in results if p["querier"] == querier.name and p["status"] == "ok"]
+            if len(served) > 1:
+                ensembles.append(self.ensemble(grid, querier, str(querier.info["task"]), served,
+                                               run))
         return {
             "silos": {s.name: {"role": s.role, "model": s.model, "node_id": s.node_id,
                                **_plain(s.info)} for s in silos.values()},
-            "pairs": pairs, "errors": errors,
+            "pairs": results, "ensembles": ensembles, "errors": errors,
             "seconds": {**run.seconds, "total": time.perf_counter() - started},
         }
 

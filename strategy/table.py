@@ -5,6 +5,7 @@ from __future__ import annotations
 COLUMNS = [
     ("querier_model", "querier", "{}"),
     ("provider_model", "provider", "{}"),
+    ("task", "task", "{}"),
     ("native_accuracy", "native acc", "{:.3f}"),
     ("plaintext_fit_accuracy", "plain-fit acc", "{:.3f}"),
     ("aligned_accuracy", "aligned acc", "{:.3f}"),
@@ -15,6 +16,7 @@ COLUMNS = [
     ("cosine", "cosine", "{:.3f}"),
     ("latency_ms_per_query", "ms/query", "{:.2f}"),
     ("bytes_per_query", "KiB/query", "{}"),
+    ("map", "map", "{}"),
     ("status", "status", "{}"),
 ]
 

@@ -18,8 +18,9 @@ from cryptography.x509 import DNSName, IPAddress, SubjectAlternativeName, load_p
 from tiny import tiny_overrides
 
 from conf import load_config
-from deploy.local import DEPLOY_DIR, Deployment
+from deploy.local import DEPLOY_DIR, Deployment, own_data
 from silos.settings import node_settings
+from simulations.benchmark import benchmark_overrides
 from simulations.report import build_report
 
 SILOS = ["alice", "bob", "carol"]
@@ -28,10 +29,17 @@ SILOS = ["alice", "bob", "carol"]
 # -- fast: configuration and credentials -----------------------------------------------------------
 def test_node_config_names_the_silo_and_its_local_paths():
     cfg = load_config()
-    s = node_settings(cfg, {"silo": "bob", "model": "/srv/mpnet", "dataset": "/srv/bbc.csv",
+    s = node_settings(cfg, {"silo": "bob", "model": "/srv/mpnet", "public": "/srv/public.jsonl",
+                            "tasks": "news=/srv/bbc.csv, sport=/srv/sport.csv",
                             "output-dir": "/srv/out", "cache-dir": "/srv/cache", "role": "provider"})
-    assert (s.name, s.role, s.encoder.model, s.corpus.name) == ("bob", "provider", "/srv/mpnet",
-                                                                "/srv/bbc.csv")
+    assert (s.name, s.role, s.encoder.model, s.public.source) == ("bob", "provider", "/srv/mpnet",
+                                                                  "/srv/public.jsonl")
+    assert [(task, src.source) for task, src in s.tasks] == [("news", "/srv/bbc.csv"),
+                                                              ("sport", "/srv/sport.csv")]
+    alice = node_settings(cfg, {"silo": "alice", "queries": "/srv/mine.txt", "task": "news"})
+    assert (alice.queries.source, alice.task) == ("/srv/mine.txt", "news")
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        node_settings(cfg, {"silo": "bob", "tasks": "/srv/bbc.csv"})
     assert s.workdir == Path("/srv/out/silos/bob") and s.cache_dir == Path("/srv/cache")
     assert cfg.silos.bob.model == "mpnet-base"  # the run config itself is left alone
     assert node_settings(cfg, {"partition-id": 2, "num-partitions": 3}).name == "carol"
@@ -67,11 +75,16 @@ def test_certificates_and_keys_are_what_flower_expects(tmp_path):
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    overrides = tiny_overrides(root, n_texts=200, n_public=80, n_private=60, n_query=20)
+    tiny = tiny_overrides(root, n_texts=200, n_public=80, n_private=60, n_query=20)
+    # Each SuperNode gets its own copy of its data, named in its node config; the run config
+    # names none.
+    overrides, node_configs = own_data([*tiny, *benchmark_overrides(load_config(tiny))],
+                                       root / "hosts")
+    assert not any(o.startswith("public.source=") for o in overrides)
     fed = Deployment(root / "federation", SILOS, poll_interval=0.1)
     try:
-        fed.start()
-        yield fed, overrides, root
+        fed.start(node_configs)
+        yield fed, overrides, root, node_configs
     finally:
         fed.stop()
     assert fed.leftovers() == [], "processes of the deployment are still running"
@@ -83,7 +96,7 @@ def messages(out: Path, silo: str) -> list[dict]:
 
 @pytest.mark.deploy
 def test_full_protocol_through_tls_and_node_auth(deployment):
-    fed, overrides, root = deployment
+    fed, overrides, root, node_configs = deployment
     out = root / "out-full"
     done = fed.run([*overrides, f"run.output_dir={out}", "serve.timeout=300"], timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -91,26 +104,29 @@ def test_full_protocol_through_tls_and_node_auth(deployment):
     run = json.loads((out / "run.json").read_text())
     assert run["errors"] == []
     assert {s["node_id"] for s in run["silos"].values()} == set(fed.node_ids.values())
-    report = build_report(out, run, "pytest")
+    report = build_report(out, run, "pytest", node_configs=node_configs)
     assert {(p["querier"], p["provider"]) for p in report["pairs"]} == {("alice", "bob"), ("alice", "carol")}
+    assert run["silos"]["alice"]["public_digest"] == run["silos"]["bob"]["public_digest"]
     for pair in report["pairs"]:
         assert pair["status"] == "ok", pair.get("error")
         assert pair["agreement"] == 1.0  # encrypted predictions equal the plaintext ones
         assert pair["max_abs_error"] <= 1e-3
         assert pair["encrypted_accuracy"] == pair["aligned_accuracy"]
         assert pair["map_relative_error"] <= 1e-4
-    # Flower 1.41 starts one ClientApp process per message; the LM is loaded once per silo, by
-    # `prepare`, and its embeddings are kept in the node's context.state for the other messages.
+    # Flower 1.41 starts one ClientApp process per message. A silo loads its LM only in the
+    # messages that embed texts not yet in its embedding cache: the querier's texts and a
+    # provider's task data in `prepare`, the public texts where a map is fitted (the querier's
+    # `upload`; a provider embeds them in `prepare` to train its head).
     for silo in SILOS:
         records = messages(out, silo)
         assert len({r["pid"] for r in records}) == len(records) > 2
-        assert [r["action"] for r in records if r["encoder_loads"]] == ["prepare"]
-        assert sum(r["encoder_loads"] for r in records) == 1
+        loads = [r["action"] for r in records if r["encoder_loads"]]
+        assert set(loads) <= {"prepare", "upload"} and len(loads) == len(set(loads)) >= 1
 
 
 @pytest.mark.deploy
 def test_unregistered_key_and_wrong_root_certificate_are_refused(deployment):
-    fed, _, root = deployment
+    fed, _, root, _ = deployment
     subprocess.run([DEPLOY_DIR / "make_keys.sh", fed.keys, "rogue", "spare"], check=True,
                    capture_output=True)
     subprocess.run([DEPLOY_DIR / "make_certs.sh", root / "other-ca", "127.0.0.1"], check=True,
@@ -129,7 +145,7 @@ def test_unregistered_key_and_wrong_root_certificate_are_refused(deployment):
 
 @pytest.mark.deploy
 def test_a_silo_killed_mid_run_fails_only_its_pairs(deployment):
-    fed, overrides, root = deployment
+    fed, overrides, root, node_configs = deployment
     out = root / "out-killed"
     killed: list[int] = []
 
@@ -161,6 +177,6 @@ def test_a_silo_killed_mid_run_fails_only_its_pairs(deployment):
     assert pairs["bob"]["seconds"]["align"] < 240
     assert pairs["carol"]["status"] == "ok"
     assert "failed: alice → bob: silo 'bob' failed on 'cross_products'" in done.stdout
-    report = build_report(out, run, "pytest")
+    report = build_report(out, run, "pytest", node_configs=node_configs)
     carol = next(p for p in report["pairs"] if p["provider"] == "carol")
     assert carol["agreement"] == 1.0 and carol["encrypted_accuracy"] == carol["aligned_accuracy"]

@@ -5,13 +5,12 @@ coordinator runs over :class:`LocalGrid`, the silos' own handler in this process
 from __future__ import annotations
 
 import json
-import shlex
-import uuid
 from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from local_grid import coordinate
 from omegaconf import OmegaConf
 from tiny import write_corpus
 
@@ -21,34 +20,6 @@ from silos.registry import PACKAGED_MODELS, ModelNotFoundError, check_model, res
 from simulations import run_local
 from simulations.report import build_report, memory_by_silo, render_markdown
 from strategy.protocol import Action, error_silo, message_type, request_content
-from strategy.server_app import run_coordinator
-
-
-class LocalGrid:
-    """The silos' ClientApp handler in this process, one node context per configured silo, node
-    ids unrelated to the silos' order (as in the simulation, where partition i runs silo i)."""
-
-    def __init__(self, overrides: list[str], n_silos: int, run_id: int,
-                 node_configs: list[dict] | None = None) -> None:
-        """``node_configs``: what deployed SuperNodes' --node-config say (default: simulated)."""
-        configs = node_configs or [{"partition-id": i, "num-partitions": n_silos}
-                                   for i in range(n_silos)]
-        self.contexts = {
-            7_000_000 + 37 * i: Context(
-                run_id=run_id, node_id=7_000_000 + 37 * i, node_config=config,
-                state=RecordDict(), run_config={"overrides": shlex.join(overrides)})
-            for i, config in enumerate(configs)}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the SuperLink does
-            action = Action(message.metadata.message_type.removeprefix("query."))
-            replies.append(handle(action, message, self.contexts[message.metadata.dst_node_id]))
-        return replies
 
 
 @pytest.fixture(autouse=True)
@@ -69,12 +40,6 @@ def base(tmp_path: Path, corpus: Path) -> list[str]:
             "dataset.n_query=10", f"run.output_dir={tmp_path / 'out'}",
             f"run.cache_dir={tmp_path / 'cache'}",
             *(f"silos.{s}.model={tmp_path / 'models' / s}" for s in ("alice", "bob", "carol"))]
-
-
-def coordinate(overrides: list[str], run_id: int, node_configs: list[dict] | None = None) -> dict:
-    cfg = load_config(overrides)
-    n = len([s for s in cfg.silos.values() if s is not None])
-    return run_coordinator(LocalGrid(overrides, n, run_id, node_configs), cfg, run_id=run_id)
 
 
 # -- bugs ---------------------------------------------------------------------------------------
@@ -109,7 +74,7 @@ def test_a_failed_run_says_no_pair_completed_and_why(tmp_path, corpus):
 
 def test_every_pair_failing_is_said_above_the_table():
     cfg = OmegaConf.to_container(load_config(), resolve=True)
-    report = {"command": "x", "task": "t", "config": cfg, "errors": [], "memory": {}, "silos": {},
+    report = {"command": "x", "tasks": ["t"], "config": cfg, "errors": [], "memory": {}, "silos": {},
               "pairs": [{"querier": "alice", "provider": "bob", "status": "failed",
                          "error": "silo 'bob' failed on 'evaluate': boom"}]}
     text = render_markdown(report)
@@ -122,15 +87,19 @@ def test_every_pair_failing_is_said_above_the_table():
 
 # -- errors that say what to do -----------------------------------------------------------------
 def test_a_silo_failing_in_describe_is_named_by_its_silo_name(tmp_path, corpus):
-    """The providers load the corpus in ``describe``; a missing CSV fails them there, before the
-    coordinator knows which node is which: each error names the silo, not its node id."""
-    overrides = [*base(tmp_path, corpus), f"dataset.name={tmp_path / 'absent.csv'}"]
+    """Every silo reads the public corpus in ``describe`` (for its digest); a missing file fails
+    them there, before the coordinator knows which node is which: each error names the silo, not
+    its node id, and the key to change."""
+    overrides = [*base(tmp_path, corpus), f"public.source={tmp_path / 'absent.jsonl'}",
+                 f"silos.alice.queries.source={corpus}", "silos.alice.task=corpus",
+                 f"silos.bob.tasks.corpus.source={corpus}",
+                 f"silos.carol.tasks.corpus.source={corpus}"]
     run = coordinate(overrides, run_id=9)
     failed = [e for e in run["errors"] if "'describe'" in e]
-    assert len(failed) == 2
-    for silo, error in zip(("bob", "carol"), sorted(failed), strict=True):
+    assert len(failed) == 3
+    for silo, error in zip(("alice", "bob", "carol"), sorted(failed), strict=True):
         assert error.startswith(f"silo {silo!r} failed on 'describe'"), error
-        assert "node " not in error and "dataset.name=" in error
+        assert "node " not in error and f"public.source={tmp_path / 'absent.jsonl'}" in error
 
 
 def test_a_node_for_an_unknown_silo_and_a_silo_without_a_node_are_both_reported(tmp_path, corpus):
@@ -182,7 +151,7 @@ def test_config_errors_name_the_key_before_any_worker_starts(tmp_path, corpus, m
     run_local.check_silos(load_config(ok))  # the packaged models and this corpus: fine
     cases = {
         f"dataset.name={tmp_path / 'absent.csv'}": [f"dataset.name={tmp_path / 'absent.csv'}",
-                                                     "no such CSV file"],
+                                                     "no packaged corpus, file"],
         "dataset.label_column=topic": ["dataset.label_column=topic", "['text', 'label']"],
         "dataset.text_column=body": ["dataset.text_column=body"],
         "dataset.n_public=5000": ["dataset.n_public=5000", "has 60", "lower dataset.n_public"],

@@ -34,7 +34,7 @@ def new_run_state() -> RecordDict:
     """A provider's ``context.state`` at the start of a run: nothing but its (re-trained) head."""
     state = RecordDict()
     rng = np.random.default_rng(0)
-    put_arrays(state, "provider.head", coef=rng.normal(size=(D, K)) / np.sqrt(D),
+    put_arrays(state, "provider.head.news", coef=rng.normal(size=(D, K)) / np.sqrt(D),
                intercept=rng.normal(size=K))
     return state
 
@@ -54,7 +54,7 @@ def deployed_bob(tmp_path, policy_text: str, *overrides: str) -> Provider:
 
 def request(kit: CkksKit, n: int = 3, **extra) -> ConfigRecord:
     z = np.random.default_rng(n).uniform(-1, 1, (n, D))
-    return ConfigRecord({"querier": "alice", "path": "batched", "n": n,
+    return ConfigRecord({"querier": "alice", "task": "news", "path": "batched", "n": n,
                          "ciphertexts": encrypt_queries(kit, z, path="batched", n_classes=K),
                          "context": kit.public_bytes([]), **extra})
 
@@ -129,7 +129,7 @@ def test_a_provider_refuses_a_240_bit_chain_at_n8192_whatever_allow_insecure_say
     assert bob.settings.he.allow_insecure  # the run config says so; the provider's policy does not
     with pytest.raises(InsecureParametersError, match="whatever allow_insecure says"):
         bob.evaluate(request(weak))
-    put_arrays(bob.state, "provider.public", y_fit=np.zeros((4, D)), y_val=np.zeros((0, D)))
+    put_arrays(bob.state, "provider.public", fit=np.zeros((4, D)), val=np.zeros((0, D)))
     with pytest.raises(InsecureParametersError):
         bob.cross_products(ConfigRecord({"querier": "alice", "context": weak.public_bytes([]),
                                          "d_in": D + 1, "fit": [b""]}))
@@ -224,7 +224,7 @@ def test_the_cosine_round_is_refused_unless_the_policy_allows_it(tmp_path):
     rows = ConfigRecord({"querier": "alice", "d_in": D + 1, "rows": [b"never read"]})
     for text, allowed in (("{}", False), ("allow_cosine: false", False), ("allow_cosine: true", True)):
         bob = deployed_bob(tmp_path, text + "\n")
-        put_arrays(bob.state, "provider.public", y_fit=np.zeros((4, D)), y_val=np.ones((2, D)))
+        put_arrays(bob.state, "provider.public", fit=np.zeros((4, D)), val=np.ones((2, D)))
         if allowed:  # past the policy: it goes on to look for alice's context
             with pytest.raises(LookupError, match="no public context"):
                 bob.cosine_products(rows)

@@ -91,7 +91,7 @@ def bob(tmp_path_factory):
     cfg = load_config([f"run.output_dir={tmp_path_factory.mktemp('bob')}"])
     state = RecordDict()
     rng = np.random.default_rng(0)
-    put_arrays(state, "provider.head", coef=rng.normal(size=(D, K)), intercept=np.zeros(K))
+    put_arrays(state, "provider.head.news", coef=rng.normal(size=(D, K)), intercept=np.zeros(K))
     return Provider(SiloSettings.from_config(cfg, "bob"), state)
 
 
@@ -102,7 +102,7 @@ VALID = encrypt_queries(QUERIER, np.zeros((2, D)), path="batched", n_classes=K)
 @given(st.lists(st.binary(max_size=512), min_size=0, max_size=2 * D),
        st.integers(min_value=-3, max_value=10), st.sampled_from(["batched", "single", "x"]))
 def test_the_provider_answers_any_evaluate_request_with_a_typed_error(bob, blobs, n, path):
-    request = {"querier": "alice", "context": PUBLIC, "path": path, "n": n}
+    request = {"querier": "alice", "task": "news", "context": PUBLIC, "path": path, "n": n}
     if blobs:
         request["ciphertexts"] = blobs
     with pytest.raises((*TYPED, KeyError, LookupError)):
@@ -117,5 +117,5 @@ def test_the_provider_refuses_a_request_with_one_damaged_ciphertext(bob, index, 
     blobs = list(VALID)
     blobs[index] = flipped(blobs[index], position, bit)
     with pytest.raises(CiphertextError):
-        bob.evaluate(ConfigRecord({"querier": "alice", "context": PUBLIC, "path": "batched",
+        bob.evaluate(ConfigRecord({"querier": "alice", "task": "news", "context": PUBLIC, "path": "batched",
                                    "n": 2, "ciphertexts": blobs}))

@@ -41,7 +41,7 @@ def provider(tmp_path, *overrides: str) -> Provider:
     cfg = load_config([f"run.output_dir={tmp_path}", *overrides])
     state = RecordDict()
     coef, intercept = head_arrays()
-    put_arrays(state, "provider.head", coef=coef, intercept=intercept)
+    put_arrays(state, "provider.head.news", coef=coef, intercept=intercept)
     return Provider(SiloSettings.from_config(cfg, "bob"), state)
 
 
@@ -51,7 +51,7 @@ def budget_file(bob: Provider):
 
 def evaluate_request(kit, Z, *, path="batched", with_context=True, **extra) -> ConfigRecord:
     steps = SinglePlan(D, K, kit.slots).rotation_steps if path == "single" else []
-    request = {"querier": "alice", "path": path, "n": len(Z),
+    request = {"querier": "alice", "task": "news", "path": path, "n": len(Z),
                "ciphertexts": encrypt_queries(kit, Z, path=path, n_classes=K)}
     if with_context:
         request["context"] = kit.public_bytes(steps)

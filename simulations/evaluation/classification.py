@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from conf import load_config
-from silos.head import LinearHead
 from silos.ood import SCORES
+from simulations.report import pair_inputs
 
 SUMMARY_KEYS = ("querier_model", "provider_model", "task", "native_accuracy", "aligned_accuracy",
                 "encrypted_accuracy", "agreement")
@@ -62,14 +61,12 @@ def run_task(corpus: str, ood: str | None, *, models: list[str], n_public: int, 
     return json.loads(report_file.read_text()), time.perf_counter() - started
 
 
-def unaligned_accuracy(run_dir: Path, pair: dict) -> float:
+def unaligned_accuracy(cfg: dict, pair: dict) -> float:
     """The provider's head on the querier's own embeddings, no map (zero-padded or truncated)."""
-    queries = load_file(run_dir / "silos" / pair["querier"] / "query_embeddings.safetensors")
-    head = LinearHead.load(run_dir / "silos" / pair["provider"] / "head")
-    x, d = queries["x"], head.coef_.shape[0]
+    inputs = pair_inputs(cfg, pair)
+    head, truth = inputs["head"], inputs["truth"]
+    x, d = inputs["x"], head.coef_.shape[0]
     x = np.pad(x, ((0, 0), (0, max(0, d - x.shape[1]))))[:, :d]
-    truth = load_file(run_dir / "silos" / pair["querier"] / "logits" /
-                      f"{pair['provider']}.safetensors")["truth"]
     known = truth >= 0
     return float((head.predict(x)[known] == truth[known]).mean())
 
@@ -88,7 +85,7 @@ def rows(report: dict, run_dir: Path, task: str) -> tuple[list[dict], list[dict]
         row.update(
             plaintext_fit_accuracy=pair["plaintext_fit_accuracy"],
             querier_own_accuracy=native.get(pair["querier_model"]),  # its own head, same labels
-            unaligned_accuracy=unaligned_accuracy(run_dir, pair),
+            unaligned_accuracy=unaligned_accuracy(report["config"], pair),
             max_abs_error=pair["max_abs_error"], map_relative_error=pair["map_relative_error"],
             r2=pair["r2"], cosine=pair["cosine"], alpha=pair["alpha"],
             latency_ms_per_query=pair["latency_ms_per_query"],
