@@ -25,6 +25,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from silos.embedding_cache import encoder_fingerprint
 from silos.pooling import POOLINGS, pool
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,7 +142,7 @@ class Encoder:
         batch_size: int = 32,
         normalize: bool = False,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str = "float32",
         threads: int | None = None,
         quantize: str | None = None,
         show_progress: bool = True,
@@ -171,7 +172,7 @@ class Encoder:
 
     @classmethod
     def from_pretrained(cls, path: str, *, causal: bool = False, name: str | None = None,
-                        device: str = "auto", dtype: str = "auto", quantize: str | None = None,
+                        device: str = "auto", dtype: str = "float32", quantize: str | None = None,
                         **kwargs) -> Encoder:
         """Load ``path`` straight in the dtype it will run in (a bfloat16 model never holds a
         float32 copy); the options are checked before any weight is read."""
@@ -191,18 +192,11 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """What determines the embeddings besides the texts (for the embedding cache key).
-
-        The compute dtype and quantisation change embeddings, so they are in it (float32
-        unquantised keeps the key it had before they existed, and its cached embeddings). The
-        device and thread count are not: they change at most the last bits of float32 sums.
-        """
-        key = f"{self.name}|{self.pooling}|{self.max_length}|norm={self.normalize}"
-        if self.dtype != "float32":
-            key += f"|dtype={self.dtype}"
-        if self.quantize is not None:  # the scheme too: another would give other embeddings
-            key += f"|quantize={self.quantize}-dynamic-per-channel"
-        return key
+        """What determines the embeddings besides the texts (the embedding cache key): see
+        :func:`silos.embedding_cache.encoder_fingerprint`."""
+        return encoder_fingerprint(self.name, pooling=self.pooling, max_length=self.max_length,
+                                   normalize=self.normalize, dtype=self.dtype,
+                                   quantize=self.quantize)
 
     def _never_empty(self, ids: torch.Tensor,
                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

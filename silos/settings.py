@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from conf import active_silos
 from crypto.params import CKKSParams
 from silos.data import DataSource
+from silos.embedding_cache import encoder_fingerprint
 from silos.policy import ProviderPolicy
 from strategy.protocol import ROLES
 
@@ -31,15 +32,25 @@ class EncoderSpec:
     batch_size: int = 32
     normalize: bool = False
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "float32"
     threads: int | None = None
     quantize: str | None = None
 
     @property
     def fingerprint(self) -> str:
         """What determines the embeddings besides the texts: ``Encoder.fingerprint`` of the
-        encoder this spec loads (the embedding cache's key, part of a stored map's provenance)."""
-        return f"{self.model}|{self.pooling}|{self.max_length}|norm={self.normalize}"
+        encoder this spec loads (the embedding cache's key, part of a stored map's provenance).
+        Only ``dtype=auto`` needs torch (is there a GPU?), so a cache lookup with an explicit
+        dtype loads neither torch nor the model."""
+        dtype = self.dtype
+        if dtype == "auto" and self.quantize is None:
+            from silos.encoders import resolve_device, resolve_dtype
+
+            dtype = resolve_dtype(dtype, device=resolve_device(self.device))
+        elif dtype == "auto":
+            dtype = "float32"  # what a quantised model computes in (silos.encoders)
+        return encoder_fingerprint(self.model, pooling=self.pooling, max_length=self.max_length,
+                                   normalize=self.normalize, dtype=dtype, quantize=self.quantize)
 
 
 @dataclass(frozen=True)

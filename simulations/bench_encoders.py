@@ -9,7 +9,7 @@ dynamic int8 Linear layers; bfloat16) on each thread count, after one warm-up ba
 best of ``--reps`` passes. Also: each variant's mean and lowest cosine to the float32 embeddings.
 
 Accuracy (float32, int8 and bfloat16 embeddings by default): the default config's seeded split
-(``dataset.n_public`` / ``n_private`` / ``n_query``, disjoint, ``silos.data.split_corpus``). For
+(``dataset.n_public`` / ``n_private`` / ``n_query``, disjoint: ``simulations.benchmark``). For
 each provider and each pair of (querier, provider) variants, the querier's map into the provider's
 space is fitted on the public texts (ridge alpha chosen on the held-out public texts by R²,
 refitted on all of them, as the querier does), the provider's head is trained on its private texts,
@@ -41,9 +41,10 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-from silos.alignment import AffineMap
-from silos.data import Split, TextDataset
+from silos.alignment import AffineMap, public_parts, scale_of
+from silos.data import TextDataset
 from silos.head import LinearHead
+from simulations.benchmark import Split
 from simulations.tables import write_csv
 
 if TYPE_CHECKING:  # torch + transformers: imported by main, or by the caller that builds encoders
@@ -145,11 +146,9 @@ def _r2(Y: np.ndarray, P: np.ndarray) -> float:
 
 
 def fit_map(x_public: np.ndarray, y_public: np.ndarray, task: Task) -> tuple[AffineMap, float]:
-    """The querier's map: ridge alpha chosen by held-out R² (the protocol's split of the public
-    texts), then refitted on all of them; and that alpha's held-out R²."""
-    order = np.random.default_rng(task.split.seed + 1).permutation(len(x_public))
-    n_val = round(task.holdout * len(x_public))
-    val, fit = order[:n_val], order[n_val:]
+    """The querier's map between the two scaled spaces: ridge alpha chosen by held-out R² on the
+    protocol's cut of the public texts, then refitted on all of them; and that alpha's R²."""
+    fit, val = public_parts(len(x_public), holdout=task.holdout, seed=task.split.seed)
     r2 = {a: _r2(y_public[val], AffineMap(a).fit(x_public[fit], y_public[fit]).transform(
         x_public[val])) for a in task.alphas}
     alpha = max(r2, key=r2.get)
@@ -158,21 +157,30 @@ def fit_map(x_public: np.ndarray, y_public: np.ndarray, task: Task) -> tuple[Aff
 
 def accuracy(embeddings: dict, task: Task, *, querier: str, providers: Sequence[str],
              variants: Sequence[str]) -> list[dict]:
-    """One row per provider and (querier variant, provider variant) pair: the plaintext protocol,
-    map fitted on the public texts, the provider's head on its private ones (one per variant)."""
+    """One row per provider and (querier variant, provider variant) pair: the plaintext protocol.
+    Each silo scales its space by its largest public |coordinate|; the map is fitted on the public
+    texts, the provider's head (one per variant) on its private ones."""
     labels = task.corpus.labels
     truth = labels[task.split.query]
+
+    def scaled(model: str, variant: str) -> dict[str, np.ndarray]:
+        scale = scale_of(embeddings[model, variant, "public"])
+        return {part: embeddings[model, variant, part] / scale for part in PARTS
+                if (model, variant, part) in embeddings}
+
     rows = []
     for provider in providers:
+        spaces = {pv: scaled(provider, pv) for pv in variants}
         heads = {pv: LinearHead(l2=task.head_l2, max_iter=task.head_max_iter).fit(
-            embeddings[provider, pv, "private"], labels[task.split.private],
-            task.corpus.label_names) for pv in variants}
+            spaces[pv]["private"], labels[task.split.private], task.corpus.label_names)
+            for pv in variants}
         for qv in variants:
+            x = scaled(querier, qv)
             for pv in variants:
-                mapping, r2 = fit_map(embeddings[querier, qv, "public"],
-                                      embeddings[provider, pv, "public"], task)
-                aligned = heads[pv].predict(mapping.transform(embeddings[querier, qv, "query"]))
-                native = heads[pv].predict(embeddings[provider, pv, "query"])
+                y = spaces[pv]
+                mapping, r2 = fit_map(x["public"], y["public"], task)
+                aligned = heads[pv].predict(mapping.transform(x["query"]))
+                native = heads[pv].predict(y["query"])
                 rows.append({"querier": querier, "provider": provider, "querier_variant": qv,
                              "provider_variant": pv, "alpha": mapping.alpha,
                              "heldout_r2": round(r2, 4),
@@ -234,7 +242,10 @@ def write_report(out: Path, speed: list[dict], acc: list[dict], meta: dict) -> N
         "",
         f"{meta['n_speed']} texts of {meta['corpus']}, max_length {meta['max_length']}, batch size "
         f"{meta['batch_size']}, best of {meta['reps']} pass(es) after a warm-up batch. Cosines: "
-        "each text's embedding against the float32 one on the same thread count.",
+        "each text's embedding against the float32 one on the same thread count. Thread counts "
+        "share the cores with whatever else runs (the load average above): torch's threads wait "
+        "for each other at every operation, so a count as large as the core count can be slower "
+        "than one thread while another process holds a core.",
         "",
         *_table(speed, SPEED_COLUMNS),
         "",
@@ -293,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from conf import active_silos, load_config
-    from silos.data import split_corpus
+    from silos.data import load_corpus
     from silos.embedding_cache import encode_cached
     from silos.encoders import Encoder
     from silos.registry import resolve_model
-    from silos.runtime import configured_corpus
+    from simulations.benchmark import split_corpus
 
     load_before, started = _loadavg(), time.perf_counter()
     cfg = load_config(args.overrides)
@@ -305,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     querier = next(str(s.model) for s in silos.values() if s.role == "querier")
     providers = list(dict.fromkeys(str(s.model) for s in silos.values() if s.role == "provider"))
     cache_dir = Path(str(cfg.run.cache_dir)).expanduser()
-    corpus = configured_corpus(str(cfg.dataset.name), "dataset.name")
+    d = cfg.dataset
+    corpus = load_corpus(str(d.name), text_column=str(d.text_column),
+                         label_column=str(d.label_column), hf_split=str(d.hf_split))
     split = split_corpus(len(corpus), n_public=int(cfg.dataset.n_public),
                          n_private=int(cfg.dataset.n_private), n_query=int(cfg.dataset.n_query),
                          seed=int(cfg.run.seed))

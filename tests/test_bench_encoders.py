@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny import make_tokenizer, tiny_bert, tiny_llama, topic_texts
 
-from silos.data import TextDataset, split_corpus
+from silos.data import TextDataset
 from silos.encoders import Encoder
 from simulations.bench_encoders import (
     ACCURACY_COLUMNS,
@@ -17,6 +17,7 @@ from simulations.bench_encoders import (
     measure,
     write_report,
 )
+from simulations.benchmark import split_corpus
 
 
 @pytest.fixture(scope="module")

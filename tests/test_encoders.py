@@ -154,10 +154,38 @@ def test_fingerprint_holds_dtype_and_quantisation_not_device(tokenizer):
 
     fp32 = fingerprint(device="cpu", dtype="float32")
     assert fp32 == "m|mean|64|norm=False"  # the key float32 had before dtypes: its cache stays valid
-    assert fingerprint() == fp32 == fingerprint(threads=1)  # auto on a CPU; threads do not count
+    assert fingerprint() == fingerprint(dtype="auto") == fingerprint(threads=1) == fp32  # on a CPU
     variants = {fp32, fingerprint(quantize="int8"), fingerprint(dtype="bfloat16"),
                 fingerprint(dtype="float16")}
     assert len(variants) == 4
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"dtype": "bfloat16"}, {"dtype": "float16"}, {"quantize": "int8"}, {"dtype": "auto"},
+    {"dtype": "auto", "quantize": "int8"}, {"max_length": 16, "pooling": "last", "normalize": True},
+])
+def test_a_spec_fingerprints_as_the_encoder_it_loads(tokenizer, options):
+    """``EncoderSpec.fingerprint`` finds cached embeddings without loading the model: it must be
+    the key its loaded ``Encoder`` writes them under."""
+    from silos.settings import EncoderSpec
+
+    encoder = Encoder(tiny_bert(tokenizer), tokenizer, name="m", show_progress=False, **options)
+    assert EncoderSpec(model="m", **options).fingerprint == encoder.fingerprint
+
+
+def test_a_cache_lookup_with_an_explicit_dtype_does_not_import_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from silos.settings import EncoderSpec; "
+            "EncoderSpec(model='m', quantize='int8').fingerprint; EncoderSpec(model='m').fingerprint; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_cache_never_serves_float32_embeddings_to_int8(tmp_path, tokenizer):
