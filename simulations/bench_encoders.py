@@ -209,9 +209,10 @@ def plot(path: Path, speed: list[dict]) -> bool:
                [value.get((model, variant, threads), 0.0) for model in models], width,
                label=f"{variant}, {threads} thread{'s' if threads > 1 else ''}")
     ax.set_xticks([m + 0.4 - width / 2 for m in range(len(models))], models)
-    ax.set_ylabel("texts / s")
+    ax.set_yscale("log")  # the models' speeds differ tenfold
+    ax.set_ylabel("texts / s (log)")
     ax.set_title("Embedding throughput (CPU)")
-    ax.legend(fontsize=7, ncols=2)
+    ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
