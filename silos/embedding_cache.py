@@ -16,6 +16,30 @@ if TYPE_CHECKING:  # torch + transformers take ~4 s to import; only `prepare` ne
     from silos.encoders import Encoder
 
 
+# How silos.encoders quantises, by encoder.quantize value: a change of scheme there must change
+# the name here, or the cache would serve the old scheme's embeddings.
+QUANTIZATION_SCHEMES = {"int8": "int8-dynamic-per-channel"}
+
+
+def encoder_fingerprint(model: str, *, pooling: str, max_length: int, normalize: bool,
+                        dtype: str, quantize: str | None) -> str:
+    """What determines an encoder's embeddings besides the texts: the embedding cache's key and
+    part of a stored map's provenance. One function for ``Encoder.fingerprint`` (a loaded model)
+    and ``EncoderSpec.fingerprint`` (a cache lookup that loads nothing), so the two cannot drift.
+
+    ``dtype`` is the one the model computes in (``auto`` resolved); with ``quantize`` both change
+    the embeddings. float32 unquantised keeps the key it had before either existed, and so its
+    cached embeddings and stored maps. The device and thread count are left out: they change at
+    most the last bits of float32 sums.
+    """
+    key = f"{model}|{pooling}|{max_length}|norm={normalize}"
+    if dtype != "float32":
+        key += f"|dtype={dtype}"
+    if quantize is not None:
+        key += f"|quantize={QUANTIZATION_SCHEMES.get(quantize, quantize)}"
+    return key
+
+
 def texts_digest(texts: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from conf import active_silos
 from crypto.params import CKKSParams
 from silos.data import DataSource
+from silos.embedding_cache import encoder_fingerprint
 from silos.policy import ProviderPolicy
 from strategy.protocol import ROLES
 
@@ -21,19 +22,35 @@ SOURCE_KEYS = {"source", "text_column", "label_column", "id_column", "hf_split"}
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """Which model embeds a silo's texts, and how (also the embedding cache key)."""
+    """Which model embeds a silo's texts, and how (``Encoder.fingerprint``, the embedding cache
+    key, is built from it). Defaults: conf/default.yaml's ``encoder`` section, held equal by a test;
+    the values are checked where the model loads (``silos.encoders``), naming the config key."""
 
     model: str
     pooling: str = "mean"
-    max_length: int = 128
+    max_length: int = 64
     batch_size: int = 32
     normalize: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int | None = None
+    quantize: str | None = None
 
     @property
     def fingerprint(self) -> str:
         """What determines the embeddings besides the texts: ``Encoder.fingerprint`` of the
-        encoder this spec loads (the embedding cache's key, part of a stored map's provenance)."""
-        return f"{self.model}|{self.pooling}|{self.max_length}|norm={self.normalize}"
+        encoder this spec loads (the embedding cache's key, part of a stored map's provenance).
+        Only ``dtype=auto`` needs torch (is there a GPU?), so a cache lookup with an explicit
+        dtype loads neither torch nor the model."""
+        dtype = self.dtype
+        if dtype == "auto" and self.quantize is None:
+            from silos.encoders import resolve_device, resolve_dtype
+
+            dtype = resolve_dtype(dtype, device=resolve_device(self.device))
+        elif dtype == "auto":
+            dtype = "float32"  # what a quantised model computes in (silos.encoders)
+        return encoder_fingerprint(self.model, pooling=self.pooling, max_length=self.max_length,
+                                   normalize=self.normalize, dtype=dtype, quantize=self.quantize)
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,10 @@ class SiloSettings:
             max_length=int(silo.get("max_length", cfg.encoder.max_length)),
             batch_size=int(silo.get("batch_size", cfg.encoder.batch_size)),
             normalize=bool(silo.get("normalize", cfg.encoder.normalize)),
+            device=str(cfg.encoder.device),
+            dtype=str(cfg.encoder.dtype),
+            threads=cfg.encoder.threads,  # None or an int; Encoder refuses anything else
+            quantize=cfg.encoder.quantize,
         )
         if str(cfg.predictions.ood_score) not in ("msp", "energy"):
             raise ValueError(f"predictions.ood_score must be msp or energy, got "

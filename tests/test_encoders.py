@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny import make_tokenizer, tiny_bert, tiny_llama
+from tiny import make_tokenizer, tiny_bert, tiny_llama, topic_texts
 
 from silos.encoders import Encoder
 from silos.pooling import pool
@@ -95,3 +95,215 @@ def test_embeddings_with_nan_are_refused_at_the_cache_boundary(tmp_path, tokeniz
     with pytest.raises(ValueError, match="NaN or inf for 1 of 3 texts"):
         encode_cached(encoder, TEXTS, tmp_path)
     assert not list(tmp_path.rglob("*.safetensors"))  # nothing cached
+
+
+# --- where and how the model runs: encoder.device / dtype / threads / quantize -------------------
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _make(kind: str, tokenizer):
+    return tiny_bert(tokenizer) if kind == "bert" else tiny_llama(tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_int8_replaces_every_linear_layer_and_stays_close_to_float32(tokenizer, kind):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    texts, _ = topic_texts(48, seed=3)
+    n_linear = sum(type(m) is torch.nn.Linear for m in _make(kind, tokenizer).modules())
+    fp32 = Encoder(_make(kind, tokenizer), tokenizer, show_progress=False)
+    int8 = Encoder(_make(kind, tokenizer), tokenizer, quantize="int8", show_progress=False)
+    assert n_linear > 0
+    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
+    quantized = [m for m in int8.model.modules() if isinstance(m, DynamicQuantizedLinear)]
+    assert len(quantized) == n_linear
+    assert {m.weight().qscheme() for m in quantized} == {torch.per_channel_affine}
+    ref, out = fp32.encode(texts), int8.encode(texts)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert np.abs(out - ref).max() > 1e-5  # int8 really computed these
+    assert _cosines(out, ref).min() > 0.99  # measured on these tiny random models: >= 0.9995
+
+
+def _cpu_bf16_works() -> bool:
+    try:
+        a = torch.ones(4, 4, dtype=torch.bfloat16)
+        return bool(torch.isfinite((a @ a).float()).all())
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_bf16_works(), reason="this torch build has no CPU bfloat16 matmul")
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_bfloat16_on_cpu_returns_float32_close_to_float32(tokenizer, kind):
+    fp32 = Encoder(_make(kind, tokenizer), tokenizer, device="cpu", show_progress=False)
+    bf16 = Encoder(_make(kind, tokenizer), tokenizer, device="cpu", dtype="bfloat16",
+                   show_progress=False)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    ref, out = fp32.encode(TEXTS), bf16.encode(TEXTS)
+    assert out.dtype == np.float32
+    assert np.abs(out - ref).max() > 1e-4  # bfloat16 has 8 mantissa bits: visibly not float32
+    assert _cosines(out, ref).min() > 0.999
+
+
+def test_fingerprint_holds_dtype_and_quantisation_not_device(tokenizer):
+    def fingerprint(**kwargs) -> str:
+        return Encoder(tiny_bert(tokenizer), tokenizer, name="m", show_progress=False,
+                       **kwargs).fingerprint
+
+    fp32 = fingerprint(device="cpu", dtype="float32")
+    assert fp32 == "m|mean|64|norm=False"  # the key float32 had before dtypes: its cache stays valid
+    assert fingerprint() == fingerprint(dtype="auto") == fingerprint(threads=1) == fp32  # on a CPU
+    variants = {fp32, fingerprint(quantize="int8"), fingerprint(dtype="bfloat16"),
+                fingerprint(dtype="float16")}
+    assert len(variants) == 4
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"dtype": "bfloat16"}, {"dtype": "float16"}, {"quantize": "int8"}, {"dtype": "auto"},
+    {"dtype": "auto", "quantize": "int8"}, {"max_length": 16, "pooling": "last", "normalize": True},
+])
+def test_a_spec_fingerprints_as_the_encoder_it_loads(tokenizer, options):
+    """``EncoderSpec.fingerprint`` finds cached embeddings without loading the model: it must be
+    the key its loaded ``Encoder`` writes them under."""
+    from silos.settings import EncoderSpec
+
+    encoder = Encoder(tiny_bert(tokenizer), tokenizer, name="m", show_progress=False, **options)
+    assert EncoderSpec(model="m", **options).fingerprint == encoder.fingerprint
+
+
+def test_a_cache_lookup_with_an_explicit_dtype_does_not_import_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from silos.settings import EncoderSpec; "
+            "EncoderSpec(model='m', quantize='int8').fingerprint; EncoderSpec(model='m').fingerprint; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_cache_never_serves_float32_embeddings_to_int8(tmp_path, tokenizer):
+    from silos.embedding_cache import encode_cached
+
+    fp32 = Encoder(tiny_bert(tokenizer), tokenizer, show_progress=False)
+    int8 = Encoder(tiny_bert(tokenizer), tokenizer, quantize="int8", show_progress=False)
+    ref = encode_cached(fp32, TEXTS, tmp_path)
+    out = encode_cached(int8, TEXTS, tmp_path)
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2
+    assert np.abs(out - ref).max() > 1e-5
+    np.testing.assert_array_equal(encode_cached(int8, TEXTS, tmp_path), out)  # its own entry
+
+
+def test_cuda_without_a_gpu_is_refused_by_name(tokenizer, monkeypatch):
+    from silos.encoders import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"encoder\.device=cuda.*sees no CUDA device"):
+        Encoder(tiny_bert(tokenizer), tokenizer, device="cuda", show_progress=False)
+    assert resolve_device("auto") == "cpu"
+
+
+def test_device_and_dtype_resolution_on_a_gpu(monkeypatch):
+    """The choices ``auto`` makes where torch sees a GPU (mocked: no GPU here)."""
+    from silos.encoders import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("auto", quantize="int8") == "cpu"  # int8 has CPU kernels only
+    with pytest.raises(ValueError, match=r"encoder\.quantize=int8 is CPU only"):
+        resolve_device("cuda", quantize="int8")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_dtype("auto", device="cuda") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True:
+                        including_emulation)  # emulated only (pre-Ampere): not worth it
+    assert resolve_dtype("auto", device="cuda") == "float32"
+    assert resolve_dtype("auto", device="cpu") == "float32"
+    assert resolve_dtype("float16", device="cuda") == "float16"
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"device": "gpu"}, "encoder.device"),
+    ({"dtype": "bf16"}, "encoder.dtype"),
+    ({"threads": 0}, "encoder.threads"),
+    ({"threads": True}, "encoder.threads"),
+    ({"threads": "2"}, "encoder.threads"),
+    ({"quantize": "int4"}, "encoder.quantize"),
+    ({"quantize": "int8", "dtype": "bfloat16"}, "encoder.dtype=bfloat16"),
+])
+def test_bad_values_are_refused_naming_the_config_key(tokenizer, kwargs, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        Encoder(tiny_bert(tokenizer), tokenizer, show_progress=False, **kwargs)
+    # from_pretrained checks them before it reads any weight (this path does not exist)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        Encoder.from_pretrained("/no/such/model", **kwargs)
+
+
+def test_threads_hold_while_embedding_and_are_restored_after(tokenizer):
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    encoder = Encoder(tiny_bert(tokenizer), tokenizer, threads=want, show_progress=False)
+    seen = []
+    hook = encoder.model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    encoder.encode(TEXTS)
+    assert seen and set(seen) == {want}
+    assert torch.get_num_threads() == before
+
+    def fail(*_):
+        raise RuntimeError("boom")
+
+    hook.remove()
+    encoder.model.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        encoder.encode(TEXTS)
+    assert torch.get_num_threads() == before  # restored on failure too
+
+
+def test_code_defaults_are_the_yaml_defaults():
+    """conf/default.yaml is the one home of the encoder defaults; Encoder and EncoderSpec repeat
+    them (a signature needs a value) and must not drift from it."""
+    import dataclasses
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from conf import load_config
+    from silos.settings import EncoderSpec
+
+    yaml = OmegaConf.to_container(load_config().encoder)
+    spec = {f.name: f.default for f in dataclasses.fields(EncoderSpec) if f.name != "model"}
+    assert spec == yaml
+    init = inspect.signature(Encoder.__init__).parameters
+    assert {key: init[key].default for key in yaml} == yaml
+
+
+def test_settings_carry_the_encoder_options():
+    from conf import load_config
+    from silos.settings import SiloSettings
+
+    cfg = load_config(["encoder.quantize=int8", "encoder.threads=2", "encoder.device=cpu",
+                       "encoder.dtype=float32"])
+    spec = SiloSettings.from_config(cfg, "alice").encoder
+    assert (spec.device, spec.dtype, spec.threads, spec.quantize) == ("cpu", "float32", 2, "int8")
+
+
+@pytest.mark.xfail(strict=True, reason="silos/runtime.py (being rewritten elsewhere) does not pass "
+                   "encoder.device/dtype/threads/quantize to Encoder.from_pretrained yet; remove "
+                   "this mark once it does")
+def test_load_encoder_passes_every_option(tmp_path, monkeypatch):
+    import silos.runtime as runtime
+    from silos.registry import ResolvedModel
+    from silos.settings import EncoderSpec
+
+    seen = {}
+    monkeypatch.setattr(runtime, "resolve_model", lambda name, cache_dir: ResolvedModel(name, False))
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, path, **kw: seen.update(kw)))
+    spec = EncoderSpec(model="m", device="cpu", dtype="float32", threads=1, quantize="int8")
+    runtime.load_encoder.__wrapped__(spec, tmp_path)
+    assert {k: seen.get(k) for k in ("device", "dtype", "threads", "quantize")} == {
+        "device": "cpu", "dtype": "float32", "threads": 1, "quantize": "int8"}
