@@ -40,6 +40,10 @@ def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
         max_length=spec.max_length,
         batch_size=spec.batch_size,
         normalize=spec.normalize,
+        device=spec.device,
+        dtype=spec.dtype,
+        threads=spec.threads,
+        quantize=spec.quantize,
     )
 
 

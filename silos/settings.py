@@ -15,8 +15,8 @@ from silos.embedding_cache import encoder_fingerprint
 from silos.policy import ProviderPolicy
 from strategy.protocol import ROLES
 
-SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "policy",
-             "public", "task", "queries", "tasks"}
+SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "device",
+             "dtype", "threads", "quantize", "policy", "public", "task", "queries", "tasks"}
 SOURCE_KEYS = {"source", "text_column", "label_column", "id_column", "hf_split"}
 
 
@@ -142,10 +142,10 @@ class SiloSettings:
             max_length=int(silo.get("max_length", cfg.encoder.max_length)),
             batch_size=int(silo.get("batch_size", cfg.encoder.batch_size)),
             normalize=bool(silo.get("normalize", cfg.encoder.normalize)),
-            device=str(cfg.encoder.device),
-            dtype=str(cfg.encoder.dtype),
-            threads=cfg.encoder.threads,  # None or an int; Encoder refuses anything else
-            quantize=cfg.encoder.quantize,
+            device=str(silo.get("device", cfg.encoder.device)),
+            dtype=str(silo.get("dtype", cfg.encoder.dtype)),
+            threads=silo.get("threads", cfg.encoder.threads),  # None or an int; Encoder checks
+            quantize=silo.get("quantize", cfg.encoder.quantize),
         )
         if str(cfg.predictions.ood_score) not in ("msp", "energy"):
             raise ValueError(f"predictions.ood_score must be msp or energy, got "

@@ -292,9 +292,6 @@ def test_settings_carry_the_encoder_options():
     assert (spec.device, spec.dtype, spec.threads, spec.quantize) == ("cpu", "float32", 2, "int8")
 
 
-@pytest.mark.xfail(strict=True, reason="silos/runtime.py (being rewritten elsewhere) does not pass "
-                   "encoder.device/dtype/threads/quantize to Encoder.from_pretrained yet; remove "
-                   "this mark once it does")
 def test_load_encoder_passes_every_option(tmp_path, monkeypatch):
     import silos.runtime as runtime
     from silos.registry import ResolvedModel
