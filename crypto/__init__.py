@@ -12,6 +12,7 @@ from crypto.head import (
 from crypto.kit import CkksKit, KeyMaterialError
 from crypto.params import CKKSParams, InsecureParametersError, InsecureParametersWarning
 from crypto.privacy import CircuitPrivacy
+from crypto.processes import HelperError
 from crypto.serialization import CiphertextError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "CkksKit",
     "CrossProductPacking",
     "EncryptedLinearHead",
+    "HelperError",
     "InsecureParametersError",
     "InsecureParametersWarning",
     "KeyMaterialError",

@@ -132,6 +132,12 @@ class CircuitPrivacy:
         """No protection at all: the reply as the bare computation leaves it."""
         return cls(kit, bits=0, rerandomize=False, rescale=False)
 
+    @property
+    def settings(self) -> dict:
+        """What rebuilds this protection in a helper process, around the helper's own kit (whose
+        flooding then draws from the helper's ``os.urandom``)."""
+        return {"bits": self.bits, "rerandomize": self.rerandomize, "rescale": self.rescale}
+
     def flood_bits(self, noise: NoiseBound) -> float:
         """log2 B for a ciphertext of this noise (0 when flooding is off)."""
         if self.bits == 0:
