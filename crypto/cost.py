@@ -13,8 +13,10 @@ primitives that follows from the path's layout (``crypto.head``), times what one
 Times are for one process per side (``workers`` divides both paths' work alike, but for the
 batched path's K protections, so the choice is made at one). Bytes are exact: counts times the
 serialised size of a query ciphertext and of a protected reply, which depend only on N and the
-primes of their level, plus the serving context (the single path's carries a Galois key per
-rotation step, sent once per session).
+primes of their level (SEAL's compression finds nothing to remove in residues of 60-bit primes,
+as in the presets; with smaller primes it would vary by a few bytes), plus the serving context,
+sent once per session: the public key (compressed by SEAL: ~0.1 % either way) and, for the single
+path, a Galois key per rotation step.
 
 The constants are measured, not guessed: ``python -m simulations.bench_crypto --calibrate`` times
 every primitive as the paths call it (``crypto.kit``: serialisation and checks included) on this

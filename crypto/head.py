@@ -23,9 +23,12 @@ anything is computed.
 persistent helpers; SEAL holds the GIL, so threads would not help). The querier splits its
 encryption by feature (batched) or by query (single). The provider splits the single path by
 query, each process protecting its own replies; the batched path by feature: each process sums
-its features' products for every class, and this process adds the partial sums (exact modular
-additions: the same ciphertext as one process computes), the bias and the protection. The
-layout and order of what comes back are those of one process.
+its features' products for every class and adds the random part of the protection (a fresh
+encryption of zero and the flooding, ``CircuitPrivacy.mask``) to the replies dealt to it, one
+process per reply; this process adds the partial sums (exact modular additions), the bias, and
+rescales. Additions commute, so every reply is exactly what one process would send: the same
+ciphertext when unprotected, the same distribution when protected. The layout and order of what
+comes back are those of one process.
 """
 
 from __future__ import annotations
@@ -325,18 +328,27 @@ class EncryptedLinearHead:
         def pick(a: int, b: int) -> list[bytes]:
             return [blobs[g * d + j] for g in range(groups) for j in range(a, b)]
 
+        # The random half of each reply's protection (CircuitPrivacy.mask) is added by one process
+        # to its partial sum, the replies dealt round-robin: this one only adds up and rescales.
+        units = [(g, k) for g in range(groups) for k in range(self.n_classes)]
+        masks = [units[i :: len(parts)] for i in range(len(parts))]
+        stds = [b.std for b in noises]
         jobs = [{"blobs": pick(a, b), "columns": (a, b), "groups": groups, "scale": scale,
-                 "like": like} for a, b in parts[:-1]]
-        theirs, mine = pool().run(
-            "batched_sums", jobs, {"kit": kit.shared, "head": self.shared},
-            lambda: self._batched_sums(kit, pick(*parts[-1]), parts[-1], groups, scale, like))
+                 "like": like, "masks": mask, "noises": stds, "privacy": privacy.settings}
+                for (a, b), mask in zip(parts[:-1], masks, strict=False)]
+
+        def local() -> list[list[seal.Ciphertext | None]]:
+            sums = self._batched_sums(kit, pick(*parts[-1]), parts[-1], groups, scale, like)
+            return _masked(sums, masks[-1], noises, privacy, like)
+
+        theirs, mine = pool().run("batched_sums", jobs, {"kit": kit.shared, "head": self.shared},
+                                  local)
         partials = [[[None if blob is None else kit.load(blob, "a helper's partial sum")
                       for blob in row] for row in part] for part in theirs] + [mine]
         sums = [[functools.reduce(_add_partial(kit), (part[g][k] for part in partials), None)
                  for k in range(self.n_classes)] for g in range(groups)]
-        return [kit.dump(ct) for ct in self._batched_finish(kit, sums, noise_std=noise_std,
-                                                           rng=rng, privacy=privacy,
-                                                           noises=noises)]
+        return [kit.dump(ct) for ct in self._batched_finish(
+            kit, sums, noise_std=noise_std, rng=rng, privacy=privacy, noises=noises, masked=True)]
 
     def batched_noise(self, scale: float) -> list[NoiseBound]:
         """Noise of each class's batched reply at weight scale ``scale``: logit k is
@@ -363,7 +375,7 @@ class EncryptedLinearHead:
         like = (tuple(features[0].parms_id()), features[0].scale)
         sums = self._batched_sums(kit, features, (0, self.n_features), groups, scale, like)
         return self._batched_finish(kit, sums, noise_std=noise_std, rng=rng, privacy=privacy,
-                                    noises=noises)
+                                    noises=noises, masked=False)
 
     def _batched_scale(self, kit: CkksKit, like: seal.Ciphertext, noise_std: float,
                        privacy: CircuitPrivacy) -> tuple[float, list[NoiseBound]]:
@@ -402,8 +414,10 @@ class EncryptedLinearHead:
 
     def _batched_finish(self, kit: CkksKit, sums: list[list[seal.Ciphertext | None]], *,
                         noise_std: float, rng: np.random.Generator | None,
-                        privacy: CircuitPrivacy, noises: list[NoiseBound]) -> list[seal.Ciphertext]:
-        """Bias (and the provider's logit noise) added to each class's sum, then protected."""
+                        privacy: CircuitPrivacy, noises: list[NoiseBound],
+                        masked: bool) -> list[seal.Ciphertext]:
+        """Bias (and the provider's logit noise) added to each class's sum, then protected (only
+        rescaled when ``masked``: each sum already holds its mask, see ``_masked``)."""
         logits = []
         for row in sums:
             for k, acc in enumerate(row):
@@ -413,7 +427,7 @@ class EncryptedLinearHead:
                 if noise_std > 0:
                     bias = bias + _noise(rng, noise_std, kit.slots)
                 kit.evaluator.add_plain_inplace(acc, kit.encode(bias, acc.scale, like=acc))
-                logits.append(privacy.protect(acc, noises[k]))
+                logits.append(privacy.finish(acc) if masked else privacy.protect(acc, noises[k]))
         return logits
 
     def _encoded_diagonals(self, kit: CkksKit, plan: SinglePlan, scale: float,
@@ -483,6 +497,15 @@ class EncryptedLinearHead:
         return privacy.protect(total, noise_at(scale))
 
 
+def _masked(sums: list[list[seal.Ciphertext | None]], units: list[tuple[int, int]],
+            noises: list[NoiseBound], privacy: CircuitPrivacy,
+            like: tuple) -> list[list[seal.Ciphertext | None]]:
+    """``sums`` with the mask of each reply (group, class) in ``units`` added (in place)."""
+    for g, k in units:
+        sums[g][k] = privacy.mask(sums[g][k], noises[k], like=like)
+    return sums
+
+
 def _add_partial(kit: CkksKit):
     def add(acc: seal.Ciphertext | None, term: seal.Ciphertext | None) -> seal.Ciphertext | None:
         return acc if term is None else kit.add_into(acc, term)
@@ -500,9 +523,13 @@ def evaluate_single_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[b
 
 
 def batched_sums_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[bytes],
-                       columns: tuple[int, int], groups: int, scale: float,
-                       like: tuple) -> list[list[bytes | None]]:
-    """A helper's partial sums over its features, as bytes: the provider's own process adds them
-    up and protects the result before anything leaves."""
+                       columns: tuple[int, int], groups: int, scale: float, like: tuple,
+                       masks: list[tuple[int, int]], noises: list[float],
+                       privacy: dict) -> list[list[bytes | None]]:
+    """A helper's partial sums over its features, the replies ``masks`` masked here (flooding
+    from this process's ``os.urandom``), as bytes: the provider's own process adds them up and
+    rescales them before anything leaves."""
     sums = head._batched_sums(kit, blobs, tuple(columns), groups, scale, like)
+    sums = _masked(sums, masks, [NoiseBound(x) for x in noises],
+                   CircuitPrivacy(kit, **privacy), like)
     return [[None if ct is None else kit.dump(ct) for ct in row] for row in sums]
