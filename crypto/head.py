@@ -1,6 +1,6 @@
 """A provider's linear head on encrypted inputs: Enc(z) ↦ Enc(z V + c), plaintext weights only.
 
-Two packings; the silos pick one by batch size (``serve.single_max``):
+Two packings; the coordinator picks one per request (``crypto.cost``: time and bytes of each):
 
 - ``batched`` (feature-major SIMD): ciphertext j holds feature j of up to N/2 queries; logit k is
   Σ_j V[j,k]·ct_j + c[k]: scalar multiplies and additions only, no rotation, so the querier's
@@ -188,6 +188,15 @@ def encrypt_queries(kit: CkksKit, Z: np.ndarray, *, path: str, n_classes: int,
         return [blob for part in [*theirs, mine] for blob in part]
     per_share = [*theirs, mine]  # [share][group] -> that share's features of the group
     return [blob for g in range(len(mine)) for part in per_share for blob in part[g]]
+
+
+def prepare_workers(kit: CkksKit, workers: int, *,
+                    head: EncryptedLinearHead | None = None) -> None:
+    """Start the helpers that requests with ``workers`` will use and build ``kit`` (and ``head``)
+    in each, once per silo process (~1 s): the first request is then as fast as the next. A
+    querier calls it with its kit, a provider when a querier's serving context arrives."""
+    shared = {"kit": kit.shared} | ({} if head is None else {"head": head.shared})
+    pool().warm(workers - 1, shared)
 
 
 def encrypt_share(kit: CkksKit, Z: np.ndarray, path: str, n_classes: int) -> list:

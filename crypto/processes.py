@@ -184,17 +184,18 @@ class HelperPool:
     def _acquire(self, count: int) -> list[_Helper]:
         with self._lock:
             self._idle = [h for h in self._idle if h.alive]
-            taken, self._idle = self._idle[:count], self._idle[count:]
+            keep = max(0, len(self._idle) - count)  # the most recently used: they hold the most
+            taken, self._idle = self._idle[keep:], self._idle[:keep]
         return taken + [_Helper() for _ in range(count - len(taken))]
 
     def _release(self, helpers: list[_Helper]) -> None:
         with self._lock:
             self._idle.extend(h for h in helpers if h.alive)
 
-    def start(self, count: int) -> None:
-        """Start helpers until ``count`` are idle, without waiting for them (their imports run
-        while this process does other work)."""
-        self._release(self._acquire(count))
+    def warm(self, count: int, shared: dict[str, Shared]) -> None:
+        """Have ``count`` idle helpers hold ``shared``, started and built (waits for them): the
+        first request then pays for neither."""
+        self.run("ready", [{} for _ in range(count)], shared, lambda: None)
 
     def run(self, task: str, jobs: list[dict], shared: dict[str, Shared],
             local: Callable[[], T]) -> tuple[list[Any], T]:

@@ -19,6 +19,7 @@ from crypto.processes import SHARED_CAPACITY, read_frame, write_frame
 
 # Job kinds: "module:function", called as function(**shared objects, **args).
 TASKS = {
+    "ready": "crypto.worker:ready",
     "fit": "crypto.fitting:run_share",
     "encrypt": "crypto.head:encrypt_share",
     "evaluate_single": "crypto.head:evaluate_single_share",
@@ -29,6 +30,10 @@ TASKS = {
 def _resolve(path: str):
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def ready(**shared: Any) -> None:
+    """A job that only builds its shared objects (``HelperPool.warm``)."""
 
 
 def build(kind: str, payload: Any) -> Any:

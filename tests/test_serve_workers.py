@@ -21,6 +21,7 @@ from crypto import (
     SinglePlan,
     decrypt_logits,
     encrypt_queries,
+    prepare_workers,
 )
 from crypto.cost import Calibration, CostModel, operation_counts
 from crypto.processes import HelperError, pool, shares
@@ -127,6 +128,14 @@ def test_helpers_persist_across_requests(querier, head):
     head.evaluate(kit, blobs, path="batched", n=2, workers=2)
     assert time.perf_counter() - start < 0.5  # no interpreter start, no kit rebuilt
     assert set(pool().pids) == set(before)
+
+
+def test_prepared_helpers_hold_the_kit_and_head_before_the_first_request(querier, head):
+    kit = CkksKit.from_public(querier.public_bytes([1, 2, 3]))  # a context no helper has seen
+    prepare_workers(kit, 3, head=head)
+    idle = pool()._idle
+    assert len(idle) >= 2
+    assert all({kit.shared.digest, head.shared.digest} <= set(h.known) for h in idle[-2:])
 
 
 def test_an_error_in_a_helper_surfaces_in_the_caller(querier, head):
