@@ -154,9 +154,11 @@ class _Helper:
         return reply
 
     def close(self) -> None:
-        """Stop it cleanly: its stdin closes, it finishes and exits."""
+        """Ask it to stop: its stdin closes, it finishes its job and exits (see :meth:`wait`)."""
         with contextlib.suppress(OSError):
             self.process.stdin.close()
+
+    def wait(self) -> None:
         try:
             self.process.wait(timeout=_STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -250,8 +252,10 @@ class HelperPool:
             return
         with self._lock:
             helpers, self._idle = self._idle, []
-        for helper in helpers:
+        for helper in helpers:  # all asked at once, then waited for
             helper.close()
+        for helper in helpers:
+            helper.wait()
 
     @property
     def pids(self) -> list[int]:
