@@ -544,6 +544,8 @@ def calibration_markdown(model: CostModel) -> str:
 def paths_markdown(paths: list[dict], model: CostModel, loads: dict, link_mbit_s: float,
                    model_path: Path | None) -> str:
     about = model.about
+    if model_path is not None and model_path.is_relative_to(CONF_DIR.parent):
+        model_path = model_path.relative_to(CONF_DIR.parent)  # as the repository names it
     lines = ["\n## Path choice (crypto/cost.py)\n",
              f"Both paths measured per request of n queries (encrypt + evaluate + decrypt, one "
              "process each, the head built per request as the provider does), against the path "
@@ -733,8 +735,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-queries", type=int, default=10_000,
                         help="random queries checked against float64 for single and batched at "
                              "the first (d, K, N)")
-    parser.add_argument("--fit", type=int, nargs="+", default=[640, 2000],
-                        help="numbers of public texts for the fitting benchmark")
+    parser.add_argument("--fit", type=int, nargs="*", default=[640, 2000],
+                        help="numbers of public texts for the fitting benchmark (none: no fitting)")
     parser.add_argument("--fit-dims", type=int, nargs=2, default=[384, 768],
                         metavar=("D_Q", "D_P"), help="querier and provider dimensions of the fit")
     parser.add_argument("--workers", type=int, default=2, help="provider processes for fitting")
