@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from crypto.kit import CkksKit
 from crypto.privacy import CircuitPrivacy, NoiseBound, key_switch_variance, plain_norm_sq
-from crypto.processes import Helper
+from crypto.processes import pool
 
 # One rotation ≈ this many multiply-adds at the fitting's level (N=8192, three data primes, this
 # machine, timed with CkksKit directly: a rotation 2.0 ms, a multiply 0.13 ms plus the add); it
@@ -200,29 +200,26 @@ class CrossProductPacking:
         groups = [[blobs[i] for i in group] for group in order]
         bar = tqdm(total=len(groups), desc="Enc(X̃)ᵀY", unit="group", disable=not progress,
                    mininterval=2.0)
-        # Shares for helper processes (the last share stays here, with the progress bar); a
-        # helper costs ~1 s to start, so small jobs stay in this process.
+        # Shares for helper processes (crypto.processes; the last share stays here, with the
+        # progress bar); a helper's first job costs ~1 s to start it, so small jobs stay here.
         workers = max(1, min(workers, len(groups) // 4))
         bounds = np.linspace(0, len(groups), workers + 1).astype(int)
-        job = {"public": kit.public_data, "packing": self, "Y": Y, "scale": scale,
-               "noises": noises, "privacy": {"bits": privacy.bits,
-                                             "rerandomize": privacy.rerandomize,
-                                             "rescale": privacy.rescale}}
-        helpers = [Helper({**job, "groups": groups[a:b]})
-                   for a, b in itertools.pairwise(bounds[:-1])]
-        try:
+        job = {"packing": self, "Y": Y, "scale": scale, "noises": noises,
+               "privacy": privacy.settings}
+        jobs = [{**job, "groups": groups[a:b]} for a, b in itertools.pairwise(bounds[:-1])]
+
+        def local() -> list[list[bytes]]:
             worker = _GroupWorker(kit, self, Y, scale, noises, privacy)
             mine = []
             bar.update(int(bounds[-2]))
             for group in order[bounds[-2]:]:  # already loaded (and checked) above
                 mine.append(worker.run([loaded[i] for i in group]))
                 bar.update()
-            out = [blob for helper in helpers for group in helper.result() for blob in group]
-        finally:
-            for helper in helpers:
-                helper.stop()
+            return mine
+
+        theirs, mine = pool().run("fit", jobs, {"kit": kit.shared}, local)
         bar.close()
-        return out + [blob for group in mine for blob in group]
+        return [blob for part in [*theirs, mine] for group in part for blob in group]
 
     def _noise(self, kit: CkksKit, Y: np.ndarray, like: seal.Ciphertext):
         """Noise of each part's reply as a function of the weight scale (see crypto.privacy)."""
@@ -338,9 +335,8 @@ class _GroupWorker:
         return out
 
 
-def run_job(job: dict) -> list[list[bytes]]:
-    """A helper process's share: ``job`` as built by :meth:`CrossProductPacking.multiply`."""
-    kit = CkksKit.from_public(job["public"])
-    worker = _GroupWorker(kit, job["packing"], job["Y"], job["scale"], job["noises"],
-                          CircuitPrivacy(kit, **job["privacy"]))
-    return [worker.run(worker.kit.load_many(group)) for group in job["groups"]]
+def run_share(kit: CkksKit, packing: CrossProductPacking, Y: np.ndarray, scale: float,
+              noises: list[float], privacy: dict, groups: list[list[bytes]]) -> list[list[bytes]]:
+    """A helper process's share of :meth:`CrossProductPacking.multiply`, protected here."""
+    worker = _GroupWorker(kit, packing, Y, scale, noises, CircuitPrivacy(kit, **privacy))
+    return [worker.run(kit.load_many(group)) for group in groups]

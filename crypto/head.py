@@ -1,6 +1,6 @@
 """A provider's linear head on encrypted inputs: Enc(z) ↦ Enc(z V + c), plaintext weights only.
 
-Two packings; the silos pick one by batch size (``serve.single_max``):
+Two packings; the coordinator picks one per request (``crypto.cost``: time and bytes of each):
 
 - ``batched`` (feature-major SIMD): ciphertext j holds feature j of up to N/2 queries; logit k is
   Σ_j V[j,k]·ct_j + c[k]: scalar multiplies and additions only, no rotation, so the querier's
@@ -18,10 +18,22 @@ Two packings; the silos pick one by batch size (``serve.single_max``):
 Every reply is protected before it leaves (``crypto.privacy``: re-randomised, flooded, rescaled);
 the plaintext scale is chosen so that the logits and the flooding fit the chain, checked before
 anything is computed.
+
+``workers`` > 1 spreads a request over that many processes (``crypto.processes``: this one and
+persistent helpers; SEAL holds the GIL, so threads would not help). The querier splits its
+encryption by feature (batched) or by query (single). The provider splits the single path by
+query, each process protecting its own replies; the batched path by feature: each process sums
+its features' products for every class and adds the random part of the protection (a fresh
+encryption of zero and the flooding, ``CircuitPrivacy.mask``) to the replies dealt to it, one
+process per reply; this process adds the partial sums (exact modular additions), the bias, and
+rescales. Additions commute, so every reply is exactly what one process would send: the same
+ciphertext when unprotected, the same distribution when protected. The layout and order of what
+comes back are those of one process.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,6 +47,7 @@ from crypto.privacy import (
     key_switch_variance,
     plain_norm_sq,
 )
+from crypto.processes import Shared, pool, shares
 
 PATHS = ("batched", "single")
 
@@ -155,20 +168,45 @@ def _noise(rng: np.random.Generator | None, std: float, size: int) -> np.ndarray
 NOISE_CLIP = 6.0
 
 
-def encrypt_queries(kit: CkksKit, Z: np.ndarray, *, path: str, n_classes: int) -> list[bytes]:
-    """Querier side: encrypt aligned vectors Z (n × d) in the path's packing."""
+def encrypt_queries(kit: CkksKit, Z: np.ndarray, *, path: str, n_classes: int,
+                    workers: int = 1) -> list[bytes]:
+    """Querier side: encrypt aligned vectors Z (n × d) in the path's packing, over ``workers``
+    processes (the batched path split by feature, the single path by query)."""
     Z = np.asarray(Z, dtype=np.float64)
     if Z.ndim != 2 or Z.size == 0:
         raise ValueError(f"expected a non-empty (n, d) array, got shape {Z.shape}")
     if not np.isfinite(Z).all():
         raise ValueError("aligned vectors hold NaN or inf")
-    if path == "batched":
-        return [kit.encrypt(Z[g : g + kit.slots, j])
-                for g in range(0, len(Z), kit.slots) for j in range(Z.shape[1])]
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+    parts = shares(Z.shape[1] if path == "batched" else len(Z), workers)
+    cut = (lambda a, b: Z[:, a:b]) if path == "batched" else (lambda a, b: Z[a:b])
+    jobs = [{"Z": cut(a, b), "path": path, "n_classes": n_classes} for a, b in parts[:-1]]
+    theirs, mine = pool().run("encrypt", jobs, {"kit": kit.shared},
+                              lambda: encrypt_share(kit, cut(*parts[-1]), path, n_classes))
     if path == "single":
-        plan = SinglePlan(Z.shape[1], n_classes, kit.slots)
-        return [kit.encrypt(v) for z in Z for v in plan.tile(z)]
-    raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+        return [blob for part in [*theirs, mine] for blob in part]
+    per_share = [*theirs, mine]  # [share][group] -> that share's features of the group
+    return [blob for g in range(len(mine)) for part in per_share for blob in part[g]]
+
+
+def prepare_workers(kit: CkksKit, workers: int, *,
+                    head: EncryptedLinearHead | None = None) -> None:
+    """Start the helpers that requests with ``workers`` will use and build ``kit`` (and ``head``)
+    in each, once per silo process (~1 s): the first request is then as fast as the next. A
+    querier calls it with its kit, a provider when a querier's serving context arrives."""
+    shared = {"kit": kit.shared} | ({} if head is None else {"head": head.shared})
+    pool().warm(workers - 1, shared)
+
+
+def encrypt_share(kit: CkksKit, Z: np.ndarray, path: str, n_classes: int) -> list:
+    """One process's share of :func:`encrypt_queries`: single-path blobs in query order, or
+    batched blobs per group of ``slots`` queries (features of Z's columns, in order)."""
+    if path == "batched":
+        return [[kit.encrypt(Z[g : g + kit.slots, j]) for j in range(Z.shape[1])]
+                for g in range(0, len(Z), kit.slots)]
+    plan = SinglePlan(Z.shape[1], n_classes, kit.slots)
+    return [kit.encrypt(v) for z in Z for v in plan.tile(z)]
 
 
 def decrypt_logits(kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
@@ -204,6 +242,14 @@ class EncryptedLinearHead:
             raise ValueError("the head holds NaN or inf")
         self._diagonals: dict[tuple, list] = {}
 
+    @functools.cached_property
+    def shared(self) -> Shared:
+        """This head as a helper process keeps it (its encoded diagonals with it)."""
+        coef, intercept = self.coef, self.intercept
+        digest = Shared.digest_of(b"head", str(coef.shape).encode(), coef.tobytes(),
+                                  intercept.tobytes())
+        return Shared("head", digest, lambda: {"coef": coef, "intercept": intercept})
+
     @property
     def n_features(self) -> int:
         return self.coef.shape[0]
@@ -236,13 +282,15 @@ class EncryptedLinearHead:
 
     def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
                  noise_std: float = 0.0, rng: np.random.Generator | None = None,
-                 privacy: CircuitPrivacy | None = None) -> list[bytes]:
+                 privacy: CircuitPrivacy | None = None, workers: int = 1) -> list[bytes]:
         """Ciphertext bytes in, protected logit ciphertext bytes out (the provider's whole job).
 
         The ciphertext count is checked before any is deserialised. ``noise_std`` > 0 adds
         Gaussian noise (clipped at NOISE_CLIP·std) to every slot of every logit ciphertext: a
         plaintext add the provider enforces, which makes each logit it releases noisy.
         ``privacy`` protects each reply; by default 40-bit flooding and re-randomisation.
+        ``workers`` > 1 spreads the work over that many processes (see the module's docstring);
+        a helper's ``rng`` is seeded from ``rng`` (fresh OS entropy when it is None).
         """
         privacy = CircuitPrivacy(kit) if privacy is None else privacy
         expected = self.expected_ciphertexts(path, n, kit.slots)
@@ -252,13 +300,64 @@ class EncryptedLinearHead:
         if not (np.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         if path == "batched":
-            return [kit.dump(ct) for ct in self.evaluate_batched(
-                kit, kit.load_many(blobs), n, noise_std=noise_std, rng=rng, privacy=privacy)]
+            return self._evaluate_batched_blobs(kit, blobs, n, noise_std=noise_std, rng=rng,
+                                                privacy=privacy, workers=workers)
         per = self.plan(kit.slots).ciphertexts_per_query
-        cts = kit.load_many(blobs)
+        parts = shares(n, workers)
+        jobs = [{"blobs": blobs[a * per : b * per], "first": a, "noise_std": noise_std,
+                 "seed": None if rng is None else int(rng.integers(2**63)),
+                 "privacy": privacy.settings} for a, b in parts[:-1]]
+        a, b = parts[-1]
+        theirs, mine = pool().run(
+            "evaluate_single", jobs, {"kit": kit.shared, "head": self.shared},
+            lambda: self._evaluate_single_blobs(kit, blobs[a * per : b * per], a, noise_std=noise_std,
+                                                rng=rng, privacy=privacy))
+        return [blob for part in [*theirs, mine] for blob in part]
+
+    def _evaluate_single_blobs(self, kit: CkksKit, blobs: list[bytes], first: int, *,
+                               noise_std: float, rng: np.random.Generator | None,
+                               privacy: CircuitPrivacy) -> list[bytes]:
+        """Replies to consecutive single-path queries, the first of them query ``first``."""
+        per = self.plan(kit.slots).ciphertexts_per_query
+        cts = [kit.load(blob, f"ciphertext {first * per + i}") for i, blob in enumerate(blobs)]
         return [kit.dump(self.evaluate_single(kit, cts[i * per : (i + 1) * per],
                                               noise_std=noise_std, rng=rng, privacy=privacy))
-                for i in range(n)]
+                for i in range(len(cts) // per)]
+
+    def _evaluate_batched_blobs(self, kit: CkksKit, blobs: list[bytes], n: int, *,
+                                noise_std: float, rng: np.random.Generator | None,
+                                privacy: CircuitPrivacy, workers: int) -> list[bytes]:
+        """The batched path on ciphertext bytes, its features spread over ``workers`` processes."""
+        d, groups = self.n_features, math.ceil(n / kit.slots)
+        first = kit.load(blobs[0], "ciphertext 0")
+        scale, noises = self._batched_scale(kit, first, noise_std, privacy)
+        like = (tuple(first.parms_id()), first.scale)
+        parts = shares(d, workers)
+
+        def pick(a: int, b: int) -> list[bytes]:
+            return [blobs[g * d + j] for g in range(groups) for j in range(a, b)]
+
+        # The random half of each reply's protection (CircuitPrivacy.mask) is added by one process
+        # to its partial sum, the replies dealt round-robin: this one only adds up and rescales.
+        units = [(g, k) for g in range(groups) for k in range(self.n_classes)]
+        masks = [units[i :: len(parts)] for i in range(len(parts))]
+        stds = [b.std for b in noises]
+        jobs = [{"blobs": pick(a, b), "columns": (a, b), "groups": groups, "scale": scale,
+                 "like": like, "masks": mask, "noises": stds, "privacy": privacy.settings}
+                for (a, b), mask in zip(parts[:-1], masks, strict=False)]
+
+        def local() -> list[list[seal.Ciphertext | None]]:
+            sums = self._batched_sums(kit, pick(*parts[-1]), parts[-1], groups, scale, like)
+            return _masked(sums, masks[-1], noises, privacy, like)
+
+        theirs, mine = pool().run("batched_sums", jobs, {"kit": kit.shared, "head": self.shared},
+                                  local)
+        partials = [[[None if blob is None else kit.load(blob, "a helper's partial sum")
+                      for blob in row] for row in part] for part in theirs] + [mine]
+        sums = [[functools.reduce(_add_partial(kit), (part[g][k] for part in partials), None)
+                 for k in range(self.n_classes)] for g in range(groups)]
+        return [kit.dump(ct) for ct in self._batched_finish(
+            kit, sums, noise_std=noise_std, rng=rng, privacy=privacy, noises=noises, masked=True)]
 
     def batched_noise(self, scale: float) -> list[NoiseBound]:
         """Noise of each class's batched reply at weight scale ``scale``: logit k is
@@ -281,29 +380,63 @@ class EncryptedLinearHead:
         if n < 1 or len(features) != groups * self.n_features:
             raise ValueError(f"expected {groups * self.n_features} feature ciphertexts for {n} "
                              f"queries, got {len(features)}")
-        if len({(tuple(ct.parms_id()), ct.scale) for ct in features}) > 1:
-            raise ValueError("the query ciphertexts differ in level or scale")
+        scale, noises = self._batched_scale(kit, features[0], noise_std, privacy)
+        like = (tuple(features[0].parms_id()), features[0].scale)
+        sums = self._batched_sums(kit, features, (0, self.n_features), groups, scale, like)
+        return self._batched_finish(kit, sums, noise_std=noise_std, rng=rng, privacy=privacy,
+                                    noises=noises, masked=False)
+
+    def _batched_scale(self, kit: CkksKit, like: seal.Ciphertext, noise_std: float,
+                       privacy: CircuitPrivacy) -> tuple[float, list[NoiseBound]]:
+        """The batched path's weight scale and each class's reply noise at it."""
         noise_at = self.batched_noise
-        scale = self._weight_scale(kit, features[0], noise_std, privacy,
+        scale = self._weight_scale(kit, like, noise_std, privacy,
                                    lambda sc: max(noise_at(sc), key=lambda b: b.std))
-        noises = noise_at(scale)
-        logits = []
+        return scale, noise_at(scale)
+
+    def _batched_sums(self, kit: CkksKit, features: list, columns: tuple[int, int], groups: int,
+                      scale: float, like: tuple) -> list[list[seal.Ciphertext | None]]:
+        """Σ_j V[j,k]·ct_j over the features ``columns`` = [a, b), per group and class (None where
+        every weight of the share rounds to zero). ``features`` are ciphertexts or their bytes,
+        group-major, and must all sit at ``like`` = (level, scale)."""
+        a, b = columns
+        width = b - a
+        if len(features) != groups * width:
+            raise ValueError(f"expected {groups * width} feature ciphertexts, got {len(features)}")
+        cts = [kit.load(ct, f"ciphertext {(i // width) * self.n_features + a + i % width}")
+               if isinstance(ct, bytes | bytearray) else ct for i, ct in enumerate(features)]
+        if any((tuple(ct.parms_id()), ct.scale) != like for ct in cts):
+            raise ValueError("the query ciphertexts differ in level or scale")
+        sums = []
         for g in range(groups):
-            cts = features[g * self.n_features : (g + 1) * self.n_features]
+            row = []
             for k in range(self.n_classes):
                 acc = None
-                for j, ct in enumerate(cts):
+                for j, ct in enumerate(cts[g * width : (g + 1) * width], start=a):
                     # A scalar encodes in microseconds; encoding each weight when it is used keeps
                     # memory flat (d × K encoded plaintexts would take N·8 bytes each).
                     weight = kit.encode(float(self.coef[j, k]), scale, like=ct)
                     acc = kit.multiply_add(acc, ct, weight)
+                row.append(acc)
+            sums.append(row)
+        return sums
+
+    def _batched_finish(self, kit: CkksKit, sums: list[list[seal.Ciphertext | None]], *,
+                        noise_std: float, rng: np.random.Generator | None,
+                        privacy: CircuitPrivacy, noises: list[NoiseBound],
+                        masked: bool) -> list[seal.Ciphertext]:
+        """Bias (and the provider's logit noise) added to each class's sum, then protected (only
+        rescaled when ``masked``: each sum already holds its mask, see ``_masked``)."""
+        logits = []
+        for row in sums:
+            for k, acc in enumerate(row):
                 if acc is None:
                     raise ValueError(f"the head's column {k} rounds to zero at this scale")
                 bias = float(self.intercept[k])
                 if noise_std > 0:
                     bias = bias + _noise(rng, noise_std, kit.slots)
                 kit.evaluator.add_plain_inplace(acc, kit.encode(bias, acc.scale, like=acc))
-                logits.append(privacy.protect(acc, noises[k]))
+                logits.append(privacy.finish(acc) if masked else privacy.protect(acc, noises[k]))
         return logits
 
     def _encoded_diagonals(self, kit: CkksKit, plan: SinglePlan, scale: float,
@@ -371,3 +504,41 @@ class EncryptedLinearHead:
             bias = np.tile(bias[: plan.k_pad], kit.slots // plan.k_pad)
         kit.evaluator.add_plain_inplace(total, kit.encode(bias, total.scale, like=total))
         return privacy.protect(total, noise_at(scale))
+
+
+def _masked(sums: list[list[seal.Ciphertext | None]], units: list[tuple[int, int]],
+            noises: list[NoiseBound], privacy: CircuitPrivacy,
+            like: tuple) -> list[list[seal.Ciphertext | None]]:
+    """``sums`` with the mask of each reply (group, class) in ``units`` added (in place)."""
+    for g, k in units:
+        sums[g][k] = privacy.mask(sums[g][k], noises[k], like=like)
+    return sums
+
+
+def _add_partial(kit: CkksKit):
+    def add(acc: seal.Ciphertext | None, term: seal.Ciphertext | None) -> seal.Ciphertext | None:
+        return acc if term is None else kit.add_into(acc, term)
+    return add
+
+
+# -- helper processes' shares (crypto.worker runs them) ------------------------------------------
+def evaluate_single_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[bytes], first: int,
+                          noise_std: float, seed: int | None, privacy: dict) -> list[bytes]:
+    """A helper's consecutive single-path queries, protected here (flooding from this process's
+    ``os.urandom``)."""
+    rng = None if seed is None else np.random.default_rng(seed)
+    return head._evaluate_single_blobs(kit, blobs, first, noise_std=noise_std, rng=rng,
+                                       privacy=CircuitPrivacy(kit, **privacy))
+
+
+def batched_sums_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[bytes],
+                       columns: tuple[int, int], groups: int, scale: float, like: tuple,
+                       masks: list[tuple[int, int]], noises: list[float],
+                       privacy: dict) -> list[list[bytes | None]]:
+    """A helper's partial sums over its features, the replies ``masks`` masked here (flooding
+    from this process's ``os.urandom``), as bytes: the provider's own process adds them up and
+    rescales them before anything leaves."""
+    sums = head._batched_sums(kit, blobs, tuple(columns), groups, scale, like)
+    sums = _masked(sums, masks, [NoiseBound(x) for x in noises],
+                   CircuitPrivacy(kit, **privacy), like)
+    return [[None if ct is None else kit.dump(ct) for ct in row] for row in sums]

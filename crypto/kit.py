@@ -25,6 +25,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from crypto.params import CKKSParams, InsecureParametersError
+from crypto.processes import Shared
 from crypto.serialization import TAG_BYTES, CiphertextError, dump, load_into
 
 
@@ -66,7 +67,8 @@ class CkksKit:
         self.public_key: seal.PublicKey | None = None
         self.public_encryptor: seal.Encryptor | None = None
         self.rotation_steps: frozenset[int] = frozenset()
-        self.public_data: bytes = b""  # what from_public was built from (for worker processes)
+        self.public_data: bytes = b""  # what from_public was built from (for helper processes)
+        self.min_security_bits = min_security_bits  # the floor it was checked at (helpers too)
         # Id of the querier's key, written into every ciphertext and checked on load: a ciphertext
         # under another key (same parameters) is refused rather than computed into garbage. A
         # one-way hash of the secret key for the querier; read from the public context otherwise.
@@ -125,6 +127,22 @@ class CkksKit:
                 s for s in range(1, kit.slots)
                 if kit.galois_keys.has_key(galois_element(s, kit.params.poly_modulus_degree)))
         return kit
+
+    @functools.cached_property
+    def shared(self) -> Shared:
+        """This kit as a helper process rebuilds it, once (``crypto.processes``): a provider's from
+        the public context, a querier's from its parameters and secret key (which cross a pipe to
+        the querier's own helper, never a disk)."""
+        if self.is_private:
+            params = self.params.to_json().encode()
+            return Shared("secret_kit", Shared.digest_of(b"secret", params, self.key_id),
+                          lambda: {"params": params, "secret_key": self.secret_key_bytes()})
+        if not self.public_data:
+            raise KeyMaterialError("this kit was not built from a public context")
+        floor = self.min_security_bits
+        data = self.public_data
+        return Shared("public_kit", Shared.digest_of(b"public", data, str(floor).encode()),
+                      lambda: {"data": data, "min_security_bits": floor})
 
     # -- keys -------------------------------------------------------------------------------------
     @property

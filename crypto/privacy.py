@@ -132,6 +132,12 @@ class CircuitPrivacy:
         """No protection at all: the reply as the bare computation leaves it."""
         return cls(kit, bits=0, rerandomize=False, rescale=False)
 
+    @property
+    def settings(self) -> dict:
+        """What rebuilds this protection in a helper process, around the helper's own kit (whose
+        flooding then draws from the helper's ``os.urandom``)."""
+        return {"bits": self.bits, "rerandomize": self.rerandomize, "rescale": self.rescale}
+
     def flood_bits(self, noise: NoiseBound) -> float:
         """log2 B for a ciphertext of this noise (0 when flooding is off)."""
         if self.bits == 0:
@@ -142,19 +148,33 @@ class CircuitPrivacy:
 
     def protect(self, ciphertext: seal.Ciphertext, noise: NoiseBound) -> seal.Ciphertext:
         """The reply as it may leave the provider: flooded, re-randomised, on the last prime."""
+        return self.finish(self.mask(ciphertext, noise))
+
+    def mask(self, ciphertext: seal.Ciphertext | None, noise: NoiseBound, *,
+             like: tuple | None = None) -> seal.Ciphertext | None:
+        """The random part of :meth:`protect`, in place: a fresh encryption of zero and the flooding
+        for a reply of ``noise``. Additions commute, so it may be added to any one share of a
+        reply that is a sum of shares (``crypto.head``'s batched path over helper processes), once
+        per reply, before the shares are added up and :meth:`finish` rescales the sum: the
+        reply is then exactly what :meth:`protect` of the whole sum gives. A share that is None
+        (nothing to add) becomes the mask alone, at ``like`` = (level, scale)."""
         kit = self.kit
-        level = ciphertext.parms_id()
+        level, scale = like if ciphertext is None else (ciphertext.parms_id(), ciphertext.scale)
         if self.rerandomize:
             zero = seal.Ciphertext()
-            kit.public_encryptor.encrypt_zero(level, zero)
-            zero.scale = ciphertext.scale
-            kit.evaluator.add_inplace(ciphertext, zero)
+            kit.public_encryptor.encrypt_zero(list(level), zero)
+            zero.scale = scale
+            ciphertext = kit.add_into(ciphertext, zero)
         if self.bits > 0:
-            plus, minus = self._flood(level, ciphertext.scale, self.flood_bits(noise))
-            kit.evaluator.add_inplace(ciphertext, plus)
+            plus, minus = self._flood(list(level), scale, self.flood_bits(noise))
+            ciphertext = kit.add_into(ciphertext, plus)
             kit.evaluator.sub_inplace(ciphertext, minus)
+        return ciphertext
+
+    def finish(self, ciphertext: seal.Ciphertext) -> seal.Ciphertext:
+        """The last step of :meth:`protect`: rescaled while the scale allows, in place."""
         while self.rescale and self._can_rescale(ciphertext):
-            kit.evaluator.rescale_to_next_inplace(ciphertext)
+            self.kit.evaluator.rescale_to_next_inplace(ciphertext)
         return ciphertext
 
     def _can_rescale(self, ciphertext: seal.Ciphertext) -> bool:

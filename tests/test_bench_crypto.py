@@ -2,7 +2,7 @@
 
 import csv
 
-from simulations.bench_crypto import FIT_COLUMNS, HEAD_COLUMNS, main
+from simulations.bench_crypto import FIT_COLUMNS, HEAD_COLUMNS, PATH_COLUMNS, SERVE_COLUMNS, main
 
 
 def test_quick_benchmark_writes_sane_results(tmp_path):
@@ -33,5 +33,36 @@ def test_quick_benchmark_writes_sane_results(tmp_path):
     assert list(fit) == FIT_COLUMNS
     assert float(fit["map_relative_error"]) <= 1e-4
     assert (out / "crypto.png").stat().st_size > 10_000
-    assert "| single | on |" in (out / "README.md").read_text()
-    assert "## Targets" in (out / "README.md").read_text()
+    with (out / "serve.csv").open() as f:
+        serve = list(csv.DictReader(f))
+    assert list(serve[0]) == SERVE_COLUMNS
+    assert {(r["path"], r["workers"]) for r in serve} == {(p, w) for p in ("batched", "single")
+                                                           for w in ("1", "2")}
+    for row in serve:  # two processes give the logits of one
+        assert float(row["max_abs_error"]) <= 1e-3 and float(row["max_abs_diff_vs_1_worker"]) <= 1e-3
+    with (out / "paths.csv").open() as f:
+        paths = list(csv.DictReader(f))
+    assert list(paths[0]) == PATH_COLUMNS
+    assert [int(r["n"]) for r in paths] == [1, 4096]
+    # one query: single, whatever the model; a full group of 4,096: batched
+    assert [r["best_time"] for r in paths] == [r["chosen_time"] for r in paths] == ["single",
+                                                                                  "batched"]
+    report = (out / "README.md").read_text()
+    assert "| single | on |" in report
+    assert "## Targets" in report and "## Serving over helper processes" in report
+    assert "## Path choice" in report
+
+
+def test_calibration_writes_a_model_the_coordinator_loads(tmp_path):
+    from tiny import default_params
+
+    from crypto.cost import CostModel
+
+    path = tmp_path / "cost_model.json"
+    assert main(["--calibrate", "--presets", "n8192", "--calibrate-reps", "3",
+                 "--cost-model", str(path)]) == 0
+    model = CostModel.load(path)
+    assert model.about["cpus"] and model.about["command"].endswith(str(path))
+    cost = model.cost("batched", 384, 5, 4096, params=default_params())
+    assert cost.bytes_up == 384 * model.calibration(default_params()).query_bytes
+    assert 0 < cost.seconds < 60
