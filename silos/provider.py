@@ -220,7 +220,7 @@ class Provider:
         budget = QueryBudget(self.settings.state_dir, policy.query_budget)
         budget.check(querier, cost)
         logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise,
-                               privacy=self._privacy(kit))
+                               privacy=self._privacy(kit), workers=self.settings.serve_workers)
         remaining = budget.charge(querier, cost)  # only once answered
         return {"ciphertexts": logits, "n_classes": head.n_classes, "charged": cost,
                 "budget_left": remaining, "seconds": time.perf_counter() - start}

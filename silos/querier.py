@@ -267,7 +267,8 @@ class Querier:
                             f"no map fitted for provider {provider!r} yet (align first)")
         z = queries[first:stop] / fitted["scale"][0] @ fitted["coef"] + fitted["intercept"]
         kit = self._kit()
-        reply = {"ciphertexts": encrypt_queries(kit, z, path=path, n_classes=n_classes),
+        reply = {"ciphertexts": encrypt_queries(kit, z, path=path, n_classes=n_classes,
+                                                workers=self.settings.serve_workers),
                  "n": stop - first, "path": path}
         if request.get("with_context", False):
             steps = (SinglePlan(z.shape[1], n_classes, kit.slots).rotation_steps

@@ -103,7 +103,8 @@ class SiloSettings:
     ood_threshold: float
     policy: ProviderPolicy  # a provider's own limits (a querier's are the defaults, unused)
     state_dir: Path  # what a silo keeps across runs (a provider's query budget)
-    workers: int
+    workers: int  # helper processes of the fitting (alignment.workers)
+    serve_workers: int  # processes of a serving request (serve.workers)
     serve: ServePolicy
     cosine: bool
 
@@ -170,6 +171,7 @@ class SiloSettings:
             ood_score=str(cfg.predictions.ood_score),
             ood_threshold=float(cfg.predictions.ood_threshold),
             workers=int(cfg.alignment.workers),
+            serve_workers=int(cfg.serve.workers),
             cosine=bool(cfg.alignment.cosine),
             policy=policy,
             state_dir=workdir if state_dir is None else Path(state_dir).expanduser(),

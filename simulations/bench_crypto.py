@@ -769,8 +769,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             path_dims=[64], path_classes=[5], path_presets=["n8192"],
                             path_n=[1, 4096], path_sample=4)
     serve = load_config().serve  # the coordinator's settings that the path grid compares with
+    # single_max: the constant rule the cost model replaced (64 queries, tuned at N=8192, d=384).
     parser.set_defaults(cost_model=_conf_path(serve.cost_model), link_mbit_s=serve.link_mbit_s,
-                        single_max=serve.single_max)
+                        single_max=64)
     parser.add_argument("--cost-model", type=Path, help="the cost model's JSON (serve.cost_model)")
     parser.add_argument("--link-mbit-s", type=float,
                         help="link that weighs bytes against seconds (serve.link_mbit_s)")

@@ -221,7 +221,7 @@ def render_markdown(report: dict) -> str:
         f"scored on the rest, then refit on all); CKKS N={he.get('poly_modulus_degree')}, "
         f"moduli {he.get('coeff_mod_bit_sizes')}, query scale 2^{he.get('input_scale_bits')}, "
         f"fit scale 2^{he.get('fit_input_scale_bits')}; batch size "
-        f"{cfg['serve']['batch_size']} (single path up to {cfg['serve']['single_max']}).",
+        f"{cfg['serve']['batch_size']} (path: {cfg['serve']['path']}).",
         "",
         *(["**INSECURE: he.allow_insecure=true and the CKKS parameters are below 128-bit "
            "security (HE Standard). Experiments only.**", ""]

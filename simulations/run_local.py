@@ -29,6 +29,7 @@ from simulations.benchmark import benchmark_overrides, benchmark_rows
 from simulations.engine import simulate
 from simulations.report import build_report
 from strategy.protocol import ROLES
+from strategy.server_app import path_chooser
 from strategy.table import format_table
 
 
@@ -142,6 +143,7 @@ def check_silos(cfg: DictConfig, *, data: bool = True) -> None:
         if not any(s.role == role for s in settings):
             raise ValueError(f"no {role} among the configured silos {[s.name for s in settings]}")
     settings[0].he.check()
+    path_chooser(cfg)  # serve.path, and the cost model's calibration for these parameters
     if not settings[0].he.is_secure:
         print("\n" + "!" * 78 + "\nWARNING: he.allow_insecure=true and these CKKS parameters are "
               "BELOW 128-bit\nsecurity (HE Standard). For experiments only: never serve real data "

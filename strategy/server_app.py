@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from conf import active_silos, load_config, parse_pairs
+from conf import CONF_DIR, active_silos, load_config, parse_pairs
+from crypto.cost import CostModel, choose_path, seconds_per_byte
+from crypto.head import PATHS
+from crypto.params import CKKSParams
 from strategy.polling import PollingGrid
 from strategy.strategy import SecureAlignmentStrategy
 from strategy.table import format_table
@@ -26,6 +30,28 @@ def main(grid: Grid, context: Context) -> None:
                     run_id=context.run_id)
 
 
+def path_chooser(cfg: DictConfig):
+    """How the coordinator picks each request's path: ``serve.path`` fixed, or (auto) the path
+    the calibrated cost model (``serve.cost_model``) predicts cheaper, the bytes weighed at
+    ``serve.link_mbit_s``."""
+    path = str(cfg.serve.path)
+    if path in PATHS:
+        return lambda d, k, n, first: path
+    if path != "auto":
+        raise ValueError(f"serve.path must be auto, single or batched, got {path!r}")
+    model_file = Path(str(cfg.serve.cost_model))
+    model = CostModel.load(model_file if model_file.is_absolute() else CONF_DIR / model_file)
+    params, per_byte = CKKSParams.from_config(cfg.he), seconds_per_byte(float(cfg.serve.link_mbit_s))
+    try:
+        model.calibration(params)
+    except KeyError as err:  # parameters nobody calibrated (an experiment): the batched path
+        warnings.warn(f"serve.path=auto: {err.args[0]}; every request takes the batched path",
+                      stacklevel=2)
+        return lambda d, k, n, first: "batched"
+    return lambda d, k, n, first: choose_path(d, k, n, model=model, params=params,
+                                              seconds_per_byte=per_byte, count_context=first)
+
+
 def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -> dict:
     """Run the whole protocol over ``grid``; the summary is also written to output_dir/run.json.
 
@@ -34,7 +60,7 @@ def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -
     """
     strategy = SecureAlignmentStrategy(
         batch_size=int(cfg.serve.batch_size),
-        single_max=int(cfg.serve.single_max),
+        path_for=path_chooser(cfg),
         timeout=float(cfg.serve.timeout),
         serve_timeout=None if cfg.serve.serve_timeout is None else float(cfg.serve.serve_timeout),
         retries=int(cfg.serve.retries),

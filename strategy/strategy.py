@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Message
@@ -77,8 +77,9 @@ class SecureAlignmentStrategy:
     Parameters
     ----------
     batch_size : queries per encrypted request.
-    single_max : requests of at most this many queries take the single-query path (one query
-        per ciphertext, rotations); larger ones the batched feature-major path (no rotations).
+    path_for : the path of a request, from (n_features, n_classes, n queries, whether it is the
+        pair's first request, which ships the serving context): the cost model's choice
+        (``crypto.cost``), or a fixed path. None: batched.
     timeout : seconds to wait for the replies of one round.
     serve_timeout : seconds to wait for one serving round (encrypt, evaluate, decrypt, report);
         None: ``timeout``. Serving rounds are short, so a silo that stops answering is noticed
@@ -94,7 +95,9 @@ class SecureAlignmentStrategy:
         pairs would silently not exist), as is a name two nodes claim.
     """
 
-    def __init__(self, *, batch_size: int = 4096, single_max: int = 64, timeout: float = 600.0,
+    def __init__(self, *, batch_size: int = 4096,
+                 path_for: Callable[[int, int, int, bool], str] | None = None,
+                 timeout: float = 600.0,
                  serve_timeout: float | None = None, retries: int = 1,
                  min_nodes: int = 2,
                  wait_for_nodes: float = 120.0,
@@ -103,7 +106,7 @@ class SecureAlignmentStrategy:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.single_max = single_max
+        self.path_for = path_for or (lambda d, k, n, first: "batched")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         self.timeout = timeout
@@ -318,8 +321,9 @@ class SecureAlignmentStrategy:
                    "head": provider.info[f"head.{task}"], "batch_size": self.batch_size}
         plan = self._ask(grid, querier, Action.PLAN, serving, ledger, "serve")
         batches = list(zip(plan.get("starts", []), plan.get("stops", []), strict=True))
-        paths = ["single" if stop - first <= self.single_max else "batched"
-                 for first, stop in batches]
+        d = int(provider.info["prepare_dim"])
+        paths = [self.path_for(d, len(classes), stop - first, i == 0)
+                 for i, (first, stop) in enumerate(batches)]
         timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
         sent = received = context_bytes = charged = 0
         budget_left = -1
