@@ -8,6 +8,7 @@ CSV, JSONL or text file, or a Hugging Face dataset id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ class TextTable:
     def __len__(self) -> int:
         return len(self.texts)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """SHA-256 over the ordered rows (id, text, label): what two silos compare, and what a
         stored head or prediction is keyed by."""
