@@ -18,17 +18,17 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from conf import load_config
-from silos.provider import Provider
-from silos.querier import Querier
-from silos.runtime import load_encoder
-from silos.settings import node_settings, silo_name
-from strategy.protocol import (
+from protocol import (
     PROVIDER_ACTIONS,
     QUERIER_ACTIONS,
     Action,
     error_content,
     reply_content,
 )
+from silos.provider import Provider
+from silos.querier import Querier
+from silos.runtime import load_encoder
+from silos.settings import node_settings, silo_name
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from installed packages or local paths

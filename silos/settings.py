@@ -10,10 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from conf import active_silos
 from crypto.params import CKKSParams
+from protocol import ROLES
 from silos.data import DataSource
 from silos.embedding_cache import encoder_fingerprint
 from silos.policy import ProviderPolicy
-from strategy.protocol import ROLES
 
 SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "device",
              "dtype", "threads", "quantize", "policy", "public", "task", "queries", "tasks"}

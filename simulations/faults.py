@@ -18,8 +18,8 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from protocol import Action
 from silos.client_app import handle
-from strategy.protocol import Action
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 from omegaconf import DictConfig
 
 from conf import active_silos, file_overrides, he_presets, load_config, parse_pairs
+from protocol import ROLES
 from silos.data import PACKAGED_DATASETS
 from silos.registry import PACKAGED_MODELS
 from silos.settings import SiloSettings
 from simulations.benchmark import benchmark_overrides, benchmark_rows
 from simulations.engine import simulate
 from simulations.report import build_report
-from strategy.protocol import ROLES
 from strategy.server_app import path_chooser
 from strategy.table import format_table
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from protocol import Action
 from silos.client_app import handle
-from strategy.protocol import Action
 
 
 def _records(content: RecordDict) -> dict[str, dict]:

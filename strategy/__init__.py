@@ -1,1 +1,2 @@
-"""The coordinator: a Flower ServerApp whose strategy drives discover → prepare → align → serve."""
+"""The coordinator: a Flower ServerApp whose AlignmentCoordinator drives discover → pair → prepare →
+align → serve."""

@@ -1,4 +1,4 @@
-"""The coordinator's Flower ServerApp: runs the strategy, writes ``run.json``, prints a table."""
+"""The coordinator's Flower ServerApp: runs the AlignmentCoordinator, writes ``run.json``, prints a table."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from conf import CONF_DIR, active_silos, load_config, parse_pairs
 from crypto.cost import CostModel, choose_path, seconds_per_byte
 from crypto.head import PATHS
 from crypto.params import CKKSParams
+from strategy.coordinator import AlignmentCoordinator
 from strategy.polling import PollingGrid
-from strategy.strategy import SecureAlignmentStrategy
 from strategy.table import format_table
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -58,7 +58,7 @@ def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -
     ``run_id`` (Flower's, the same on every silo) is recorded so that the report keeps only this
     run's lines of the silos' ``messages.jsonl``, which every run into the same folder appends to.
     """
-    strategy = SecureAlignmentStrategy(
+    strategy = AlignmentCoordinator(
         batch_size=int(cfg.serve.batch_size),
         path_for=path_chooser(cfg),
         timeout=float(cfg.serve.timeout),

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from flwr.app import Context, Message, RecordDict
 
 from conf import active_silos, load_config
+from protocol import Action, error_content
 from silos.client_app import handle
 from simulations.benchmark import benchmark_overrides
-from strategy.protocol import Action, error_content
 from strategy.server_app import run_coordinator
 
 

@@ -6,8 +6,8 @@ import pytest
 from flwr.app import Error, Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategy.protocol import Action, error_content, reply_content
-from strategy.strategy import Ledger, SecureAlignmentStrategy, SiloError
+from protocol import Action, error_content, reply_content
+from strategy.coordinator import AlignmentCoordinator, Ledger, SiloError
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def round_of(strategy, grid, phase="align"):
 
 def test_a_dropped_reply_is_resent_and_cured():
     grid = FakeGrid({1: ["ok"], 2: ["drop", "ok"]})
-    results, ledger = round_of(SecureAlignmentStrategy(retries=1), grid)
+    results, ledger = round_of(AlignmentCoordinator(retries=1), grid)
     assert results[1]["answer"] == 1 and results[2]["answer"] == 2
     assert grid.sent == {1: 1, 2: 2}  # only the silent node got the request again
     assert ledger.resent == ["silo 'bob' failed on 'upload': no reply within 600 s"]
@@ -62,7 +62,7 @@ def test_a_dropped_reply_is_resent_and_cured():
 
 def test_a_silo_that_stays_silent_fails_after_every_attempt():
     grid = FakeGrid({1: ["ok"], 2: ["drop"]})
-    results, _ = round_of(SecureAlignmentStrategy(retries=2, timeout=5.0), grid)
+    results, _ = round_of(AlignmentCoordinator(retries=2, timeout=5.0), grid)
     assert grid.sent[2] == 3
     failure = results[2]
     assert isinstance(failure, SiloError) and failure.transient
@@ -71,7 +71,7 @@ def test_a_silo_that_stays_silent_fails_after_every_attempt():
 
 def test_flowers_own_error_is_resent_but_a_silos_refusal_is_final():
     grid = FakeGrid({1: ["refuse"], 2: ["flower", "ok"]})
-    results, ledger = round_of(SecureAlignmentStrategy(retries=3), grid)
+    results, ledger = round_of(AlignmentCoordinator(retries=3), grid)
     assert grid.sent == {1: 1, 2: 2}
     assert isinstance(results[1], SiloError) and not results[1].transient
     assert "ValueError: refused" in results[1].reason
@@ -81,13 +81,13 @@ def test_flowers_own_error_is_resent_but_a_silos_refusal_is_final():
 
 def test_no_retries_means_one_attempt():
     grid = FakeGrid({1: ["drop"], 2: ["flower"]})
-    results, ledger = round_of(SecureAlignmentStrategy(retries=0), grid)
+    results, ledger = round_of(AlignmentCoordinator(retries=0), grid)
     assert grid.sent == {1: 1, 2: 1} and ledger.resent == []
     assert all(isinstance(r, SiloError) and r.transient for r in results.values())
 
 
 def test_serving_rounds_have_their_own_time_out():
-    strategy = SecureAlignmentStrategy(timeout=600.0, serve_timeout=30.0, retries=0)
+    strategy = AlignmentCoordinator(timeout=600.0, serve_timeout=30.0, retries=0)
     grid = FakeGrid({1: ["ok"], 2: ["ok"]})
     round_of(strategy, grid, phase="align")
     round_of(strategy, grid, phase="serve")
@@ -96,6 +96,6 @@ def test_serving_rounds_have_their_own_time_out():
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="retries"):
-        SecureAlignmentStrategy(retries=-1)
+        AlignmentCoordinator(retries=-1)
     with pytest.raises(ValueError, match="batch_size"):
-        SecureAlignmentStrategy(batch_size=0)
+        AlignmentCoordinator(batch_size=0)

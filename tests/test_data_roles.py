@@ -11,9 +11,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from local_grid import coordinate
 from tiny import FILLER, save_tiny_models, topic_texts, write_corpus
 
+from protocol import Action
 from simulations.engine import simulate
 from simulations.report import build_report
-from strategy.protocol import Action
 from strategy.server_app import app as server_app
 
 RUNS = iter(range(1000, 2000))  # a fresh run id per in-process run

@@ -5,10 +5,10 @@ import json
 from test_simulation import spying_server_app
 from tiny import tiny_overrides
 
+from protocol import Action
 from simulations.engine import simulate
 from simulations.faults import Fault, faulty_client_app
 from simulations.report import build_report
-from strategy.protocol import Action
 
 BOB, CAROL = 1, 2  # partitions of the silos alice, bob, carol
 

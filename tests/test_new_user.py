@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 from tiny import write_corpus
 
 from conf import load_config
+from protocol import Action, error_silo, message_type, request_content
 from silos.client_app import handle
 from silos.registry import PACKAGED_MODELS, ModelNotFoundError, check_model, resolve_model
 from simulations import run_local
 from simulations.report import build_report, memory_by_silo, render_markdown
-from strategy.protocol import Action, error_silo, message_type, request_content
 
 
 @pytest.fixture(autouse=True)

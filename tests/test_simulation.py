@@ -257,7 +257,7 @@ def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
     from safetensors.numpy import save_file
 
     from crypto import encrypt_queries
-    from strategy.protocol import Action, error_of, message_type, request_content
+    from protocol import Action, error_of, message_type, request_content
 
     errors: dict[str, str] = {}
     valid_after: dict[str, str | None] = {}

@@ -1,4 +1,4 @@
-"""SecureAlignmentStrategy: discover → pair by task → prepare → align → serve, relaying bytes it
+"""AlignmentCoordinator: discover → pair by task → prepare → align → serve, relaying bytes it
 cannot read.
 
 It pairs every querier with each provider that offers the querier's task and holds the same public
@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from tqdm.auto import tqdm
 
-from strategy.protocol import (
+from protocol import (
     Action,
     error_of,
     error_silo,
@@ -71,7 +71,7 @@ class Ledger:
         self.bytes_received[phase] = self.bytes_received.get(phase, 0) + received
 
 
-class SecureAlignmentStrategy:
+class AlignmentCoordinator:
     """Coordinate encrypted alignment and inference between every querier and every provider.
 
     Parameters
