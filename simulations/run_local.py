@@ -118,11 +118,11 @@ def report_run(output_dir: Path, command: str, started: float, *,
     run = json.loads((output_dir / "run.json").read_text())
     report = build_report(output_dir, run, command.strip(), node_configs=node_configs,
                           referee=referee)
-    if report["pairs"] and referee:
+    if not report["pairs"]:
+        print("\nNo pair completed: no (querier, provider) pair ran (why: the errors below).")
+    elif referee:  # else the coordinator's table above is the report's
         print("\nReport, with the benchmark's plaintext references:")
         print(format_table(report["pairs"]))
-    else:
-        print("\nNo pair completed: no (querier, provider) pair ran (why: the errors below).")
     print(f"\nreport: {output_dir / 'report.md'}  ({time.perf_counter() - started:.0f} s)")
     failed = [p for p in report["pairs"] if p.get("status") != "ok"]
     for pair in failed:

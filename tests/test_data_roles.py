@@ -4,6 +4,7 @@ own ClientApp in this process (:mod:`simulations.local_grid`: no Ray, the same c
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from simulations.engine import simulate
 from simulations.faults import fault_mod
 from simulations.local_grid import coordinate
 from simulations.report import build_report
+from simulations.run_local import report_run
 from strategy.server_app import app as server_app
 
 RUNS = iter(range(1000, 2000))  # a fresh run id per in-process run
@@ -115,6 +117,16 @@ def test_three_sources_predictions_equal_plaintext_and_a_rerun_reuses_the_map(or
     assert "cross_products" not in actions(out, "bob", second["run_id"])
     assert [r["label"] for r in predictions(out)] == [r["label"] for r in rows]
     assert second["silos"]["bob"]["prepare_reused"] == ["news"]  # the head was not trained again
+
+
+def test_an_unrefereed_run_of_your_own_data_is_reported_as_completed(orgs, tmp_path, capsys,
+                                                                     task_identity):
+    out = tmp_path / "out"
+    run(orgs, out)
+    capsys.readouterr()
+    assert report_run(out, "pytest", time.perf_counter(), referee=False) == 0
+    printed = capsys.readouterr().out
+    assert "No pair completed" not in printed and "report: " in printed
 
 
 def test_a_changed_model_or_a_forced_refit_fits_again(orgs, tmp_path, task_identity):
