@@ -1,4 +1,4 @@
-"""What a new user trips over (issue 16): a report that shows only its own run, a failed run's
+"""What a new user trips over: a report that shows only its own run, a failed run's
 report that says why, and errors that name the config key or the silo to fix. No Ray: the
 coordinator runs over :class:`LocalGrid`, the silos' own handler in this process."""
 
