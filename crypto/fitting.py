@@ -31,7 +31,7 @@ import numpy as np
 import tenseal.sealapi as seal
 from tqdm.auto import tqdm
 
-from crypto.kit import CkksKit
+from crypto.kit import CkksKit, common_placement
 from crypto.privacy import CircuitPrivacy, NoiseBound, key_switch_variance, plain_norm_sq
 from crypto.processes import pool
 
@@ -186,8 +186,7 @@ class CrossProductPacking:
         if len(blobs) != self.n_ciphertexts:
             raise ValueError(f"expected {self.n_ciphertexts} ciphertexts, got {len(blobs)}")
         loaded = kit.load_many(blobs)  # validates every ciphertext before any work
-        if len({(tuple(ct.parms_id()), ct.scale) for ct in loaded}) > 1:
-            raise ValueError("the querier's ciphertexts differ in level or scale")
+        common_placement(loaded, "the querier's ciphertexts")
         bound = float(x_bound * np.abs(Y).sum(axis=0).max())
         noise_at = self._noise(kit, Y, loaded[0])
         scale = kit.params.weight_scale_for(

@@ -39,7 +39,7 @@ import math
 import numpy as np
 import tenseal.sealapi as seal
 
-from crypto.kit import CkksKit
+from crypto.kit import CkksKit, Placement, common_placement, placement
 from crypto.privacy import (
     ROUNDING_VARIANCE,
     CircuitPrivacy,
@@ -280,6 +280,14 @@ class EncryptedLinearHead:
             return math.ceil(n / slots) * self.n_features
         return n * self.plan(slots).ciphertexts_per_query
 
+    def check_request(self, path: str, n: int, slots: int, count: int) -> None:
+        """Refuse a request of ``count`` query ciphertexts that is not what ``n`` queries on
+        ``path`` must hold: checked before any is deserialised (or a query budget charged)."""
+        expected = self.expected_ciphertexts(path, n, slots)
+        if count != expected:
+            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the {path} "
+                             f"path (d={self.n_features}), got {count}")
+
     def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
                  noise_std: float = 0.0, rng: np.random.Generator | None = None,
                  privacy: CircuitPrivacy | None = None, workers: int = 1) -> list[bytes]:
@@ -293,10 +301,7 @@ class EncryptedLinearHead:
         a helper's ``rng`` is seeded from ``rng`` (fresh OS entropy when it is None).
         """
         privacy = CircuitPrivacy(kit) if privacy is None else privacy
-        expected = self.expected_ciphertexts(path, n, kit.slots)
-        if len(blobs) != expected:
-            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the {path} "
-                             f"path (d={self.n_features}), got {len(blobs)}")
+        self.check_request(path, n, kit.slots, len(blobs))
         if not (np.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         if path == "batched":
@@ -331,7 +336,7 @@ class EncryptedLinearHead:
         d, groups = self.n_features, math.ceil(n / kit.slots)
         first = kit.load(blobs[0], "ciphertext 0")
         scale, noises = self._batched_scale(kit, first, noise_std, privacy)
-        like = (tuple(first.parms_id()), first.scale)
+        like = placement(first)
         parts = shares(d, workers)
 
         def pick(a: int, b: int) -> list[bytes]:
@@ -381,7 +386,7 @@ class EncryptedLinearHead:
             raise ValueError(f"expected {groups * self.n_features} feature ciphertexts for {n} "
                              f"queries, got {len(features)}")
         scale, noises = self._batched_scale(kit, features[0], noise_std, privacy)
-        like = (tuple(features[0].parms_id()), features[0].scale)
+        like = placement(features[0])
         sums = self._batched_sums(kit, features, (0, self.n_features), groups, scale, like)
         return self._batched_finish(kit, sums, noise_std=noise_std, rng=rng, privacy=privacy,
                                     noises=noises, masked=False)
@@ -395,7 +400,7 @@ class EncryptedLinearHead:
         return scale, noise_at(scale)
 
     def _batched_sums(self, kit: CkksKit, features: list, columns: tuple[int, int], groups: int,
-                      scale: float, like: tuple) -> list[list[seal.Ciphertext | None]]:
+                      scale: float, like: Placement) -> list[list[seal.Ciphertext | None]]:
         """Σ_j V[j,k]·ct_j over the features ``columns`` = [a, b), per group and class (None where
         every weight of the share rounds to zero). ``features`` are ciphertexts or their bytes,
         group-major, and must all sit at ``like`` = (level, scale)."""
@@ -405,8 +410,7 @@ class EncryptedLinearHead:
             raise ValueError(f"expected {groups * width} feature ciphertexts, got {len(features)}")
         cts = [kit.load(ct, f"ciphertext {(i // width) * self.n_features + a + i % width}")
                if isinstance(ct, bytes | bytearray) else ct for i, ct in enumerate(features)]
-        if any((tuple(ct.parms_id()), ct.scale) != like for ct in cts):
-            raise ValueError("the query ciphertexts differ in level or scale")
+        common_placement(cts, "the query ciphertexts", like)
         sums = []
         for g in range(groups):
             row = []
@@ -481,8 +485,7 @@ class EncryptedLinearHead:
         if len(query) != plan.ciphertexts_per_query:
             raise ValueError(f"expected {plan.ciphertexts_per_query} ciphertexts per query, "
                              f"got {len(query)}")
-        if len({(tuple(ct.parms_id()), ct.scale) for ct in query}) > 1:
-            raise ValueError("the query ciphertexts differ in level or scale")
+        common_placement(query, "the query ciphertexts")
         noise_at = self._single_noise(kit, plan, query[0])
         scale = self._weight_scale(kit, query[0], noise_std, privacy, noise_at)
         diags = self._encoded_diagonals(kit, plan, scale, query[0])
@@ -508,7 +511,7 @@ class EncryptedLinearHead:
 
 def _masked(sums: list[list[seal.Ciphertext | None]], units: list[tuple[int, int]],
             noises: list[NoiseBound], privacy: CircuitPrivacy,
-            like: tuple) -> list[list[seal.Ciphertext | None]]:
+            like: Placement) -> list[list[seal.Ciphertext | None]]:
     """``sums`` with the mask of each reply (group, class) in ``units`` added (in place)."""
     for g, k in units:
         sums[g][k] = privacy.mask(sums[g][k], noises[k], like=like)
@@ -532,7 +535,7 @@ def evaluate_single_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[b
 
 
 def batched_sums_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[bytes],
-                       columns: tuple[int, int], groups: int, scale: float, like: tuple,
+                       columns: tuple[int, int], groups: int, scale: float, like: Placement,
                        masks: list[tuple[int, int]], noises: list[float],
                        privacy: dict) -> list[list[bytes | None]]:
     """A helper's partial sums over its features, the replies ``masks`` masked here (flooding

@@ -213,10 +213,7 @@ class Provider:
         kit = self._receive_context(request)
         cost = query_capacity(path, n, kit.slots)
         blobs = list(request["ciphertexts"])
-        expected = head.expected_ciphertexts(path, n, kit.slots)
-        if len(blobs) != expected:
-            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the "
-                             f"{path} path (d={head.n_features}), got {len(blobs)}")
+        head.check_request(path, n, kit.slots, len(blobs))
         budget = QueryBudget(self.settings.state_dir, policy.query_budget)
         budget.check(querier, cost)
         logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise,

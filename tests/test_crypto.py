@@ -112,6 +112,28 @@ def test_encrypting_beyond_the_declared_bound_is_refused(querier):
         querier.encrypt(np.array([np.nan]))
 
 
+def test_ciphertexts_at_another_level_or_scale_are_refused(querier):
+    """One odd ciphertext among a request's: refused before computing, by the head (both paths)
+    and by the fitting, rather than summed into garbage."""
+    head = EncryptedLinearHead(np.ones((2, 8)), np.zeros(8))  # K = 8: two copies per query
+    plan = head.plan(querier.slots)
+    kit = provider_kit(querier, plan.rotation_steps)
+    odd_scale = querier.encrypt(np.ones(2), scale_bits=PARAMS.input_scale_bits - 4)
+    odd_level = querier.encrypt(np.ones(2), first_level=True)
+    batched = encrypt_queries(querier, np.ones((1, 2)), path="batched", n_classes=8)
+    single = encrypt_queries(querier, np.ones((1, 2)), path="single", n_classes=8)
+    packing = CrossProductPacking.plan(3, 2, 2, querier.slots)
+    fit = packing.encrypt(querier, np.ones((3, 2)))
+    assert len(batched) == len(single) == plan.ciphertexts_per_query == len(fit) == 2
+    for odd in (odd_scale, odd_level):
+        with pytest.raises(ValueError, match="differ in level or scale"):
+            head.evaluate(kit, [batched[0], odd], path="batched", n=1)
+        with pytest.raises(ValueError, match="differ in level or scale"):
+            head.evaluate(kit, [single[0], odd], path="single", n=1)
+        with pytest.raises(ValueError, match="differ in level or scale"):
+            packing.multiply(kit, [fit[0], odd], np.ones((3, 2)))
+
+
 @pytest.mark.parametrize(("n", "d", "k"), [(1000, 37, 5), (4100, 20, 3)])
 def test_batched_head_matches_float64(querier, n, d, k):
     # d not a power of two; 4100 queries span two ciphertext groups.
