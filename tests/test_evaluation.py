@@ -85,8 +85,12 @@ def test_quick_config_drops_a_task_and_unknown_keys_are_refused():
     cfg = load_evaluation_config([], quick=True)
     assert [t for t, spec in cfg.classification.tasks.items() if spec is not None] == ["bbc-news"]
     assert load_evaluation_config(["models=[a,b]"], quick=False).models == ["a", "b"]
-    with pytest.raises(KeyError, match="unknown key"):
+    with pytest.raises(KeyError, match="unknown config key 'modles'"):
         load_evaluation_config(["modles=[a]"], quick=False)
+    with pytest.raises(KeyError, match=r"unknown config key 'classification\.n_publc'"):
+        load_evaluation_config(["classification.n_publc=5"], quick=True)
+    tasks = load_evaluation_config(["classification.tasks.news={dataset: bbc-news}"], quick=True)
+    assert "news" in tasks.classification.tasks  # a task of the user's own: a new name
 
 
 @pytest.mark.slow
