@@ -27,24 +27,18 @@ if TYPE_CHECKING:
     from silos.encoders import Encoder
 
 
-@lru_cache(maxsize=4)
-def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+def open_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+    """The encoder of ``spec``, loaded now (a benchmark loads each variant once, and lets it go)."""
     from silos.encoders import Encoder  # torch + transformers: imported by the messages that embed
 
     resolved = resolve_model(spec.model, cache_dir=cache_dir)
-    return Encoder.from_pretrained(
-        resolved.path,
-        causal=resolved.causal,
-        name=spec.model,
-        pooling=spec.pooling,
-        max_length=spec.max_length,
-        batch_size=spec.batch_size,
-        normalize=spec.normalize,
-        device=spec.device,
-        dtype=spec.dtype,
-        threads=spec.threads,
-        quantize=spec.quantize,
-    )
+    return Encoder.from_pretrained(resolved.path, spec, causal=resolved.causal)
+
+
+@lru_cache(maxsize=4)
+def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+    """:func:`open_encoder`, kept for the process's next message."""
+    return open_encoder(spec, cache_dir)
 
 
 def embed(spec: EncoderSpec, texts: Sequence[str], cache_dir: Path) -> np.ndarray:

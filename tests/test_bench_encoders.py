@@ -4,7 +4,7 @@ import csv
 
 import numpy as np
 import pytest
-from tiny import make_tokenizer, tiny_bert, tiny_llama, topic_texts
+from tiny import encoder_spec, make_tokenizer, tiny_bert, tiny_llama, topic_texts
 
 from silos.data import TextDataset
 from silos.encoders import Encoder
@@ -38,7 +38,8 @@ def test_benchmark_core_on_tiny_models(tmp_path, tiny_task):
 
     def load(model: str, variant: str) -> Encoder:
         loads.append((model, variant))
-        return Encoder(makers[model](), tokenizer, batch_size=16, device="cpu", **VARIANTS[variant])
+        spec = encoder_spec(model, batch_size=16, device="cpu", **VARIANTS[variant])
+        return Encoder(makers[model](), tokenizer, spec)
 
     variants = ["float32", "int8", "bfloat16"]
     speed, embeddings = measure(load, lambda e, t: e.encode(t), tiny_task, models=list(makers),
