@@ -35,9 +35,13 @@ from crypto.kit import CkksKit, common_placement
 from crypto.privacy import CircuitPrivacy, NoiseBound, key_switch_variance, plain_norm_sq
 from crypto.processes import pool
 
-# One rotation ≈ this many multiply-adds at the fitting's level (N=8192, three data primes, this
-# machine, timed with CkksKit directly: a rotation 2.0 ms, a multiply 0.13 ms plus the add); it
-# only steers plan()'s choice of R.
+# One rotation ≈ this many multiply-adds at the fitting's level (N=8192, three data primes, timed
+# here with CkksKit: a rotation 2.0 ms, a multiply 0.13 ms plus the add). It steers plan()'s choice
+# of R, which both parties make on their own machines and must agree on (the querier encrypts in
+# the layout, the provider computes in it), so it is a constant of the protocol, not read from the
+# calibrated cost model (conf/cost_model.json, which times the query level only: rotate /
+# multiply_add 10.5 at N=8192, 17.6 at N=16384). The protocol's one-block layout picks the same R
+# for any value from 4 to 30 (tests/test_crypto.py); only the attack's layout is sensitive to it.
 ROTATION_COST = 12.0
 
 

@@ -56,10 +56,16 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-# Cost of one more query ciphertext in rotations at the query level (N=8192, two data primes, this
-# machine, timed with CkksKit directly): encode + encrypt 1.5 ms against a rotation's 1.25 ms;
-# with the seeded ciphertext's serialisation it is 2.2 ms (a ratio of 1.8, which picks the same
-# ``copies`` at d=384, K=5). Only the choice of ``copies`` depends on it.
+# What one more query ciphertext costs, in rotations: SinglePlan weighs it to pick ``copies`` (the
+# querier's rotated copies of a query against the provider's giant-step rotations). It is a
+# constant of the protocol, not a measurement of this machine, and so not read from the calibrated
+# cost model (conf/cost_model.json, crypto/cost.py): the querier and the provider each compute the
+# plan from (d, K, N), on their own machines, and must reach the same layout (the ciphertexts a
+# request holds, the Galois keys its context carries). Its value: encode + encrypt 1.5 ms against a
+# rotation's 1.25 ms (N=8192, the query level, timed here with CkksKit). The calibration's
+# encrypt / rotate (serialisation included) is 1.76 at N=8192 and 1.34 at N=16384, and picks the
+# same ``copies`` for every shape the product serves (tests/test_crypto.py holds them together);
+# a ratio past ~2 would change the layout of K=3..50 heads.
 ENCRYPTION_COST = 1.2
 
 

@@ -233,3 +233,34 @@ def test_encrypted_fit_gives_the_plaintext_map(querier):
     rel = np.linalg.norm(encrypted.coef_ - plain.coef_) / np.linalg.norm(plain.coef_)
     assert rel <= 1e-4
     np.testing.assert_allclose(encrypted.intercept_, plain.intercept_, atol=1e-4)
+
+
+SHAPES = [(d, k) for d in (32, 48, 64, 384, 576, 640, 768, 4096, 5000) for k in (2, 3, 5, 10, 50)]
+
+
+def test_the_layout_constants_pick_what_the_calibrated_costs_would(monkeypatch):
+    """ENCRYPTION_COST and ROTATION_COST are constants of the protocol (both parties must plan the
+    same layout), not read from conf/cost_model.json; the costs it calibrated on this machine
+    must still choose the same layouts, or the constants (and the protocol) need another look."""
+    import crypto.fitting
+    import crypto.head
+    from conf import CONF_DIR, load_config
+    from crypto import CostModel
+
+    model = CostModel.load(CONF_DIR / str(load_config().serve.cost_model))
+    for params in (PARAMS, N16384):
+        seconds = model.calibration(params).seconds
+        plans = [SinglePlan(d, k, params.slots).copies for d, k in SHAPES]
+        packings = [CrossProductPacking.plan(n, d + 1, d_out, params.slots)
+                    for n in (120, 640, 2000) for d, _ in SHAPES for d_out in (64, 768)]
+        with monkeypatch.context() as patch:
+            patch.setattr(crypto.head, "ENCRYPTION_COST", seconds["encrypt"] / seconds["rotate"])
+            assert [SinglePlan(d, k, params.slots).copies for d, k in SHAPES] == plans
+        for cost in (4.0, seconds["rotate"] / seconds["multiply_add"], 30.0):
+            with monkeypatch.context() as patch:
+                patch.setattr(crypto.fitting, "ROTATION_COST", cost)
+                assert [CrossProductPacking.plan(p.n, p.d_in, p.d_out, p.slots)
+                        for p in packings] == packings
+    plans = [SinglePlan(d, k, PARAMS.slots).copies for d, k in SHAPES]
+    monkeypatch.setattr(crypto.head, "ENCRYPTION_COST", 2.5)  # what the check would catch
+    assert [SinglePlan(d, k, PARAMS.slots).copies for d, k in SHAPES] != plans
