@@ -26,16 +26,15 @@ class ServePolicy:
     whose limits are its own :class:`silos.policy.ProviderPolicy`.
     """
 
-    output_top_k: int = 0
-    output_decimals: int | None = None
+    output_top_k: int
+    output_decimals: int | None
 
     @classmethod
     def from_config(cls, serve: DictConfig) -> ServePolicy:
-        decimals = serve.get("output_decimals")
-        policy = cls(
-            output_top_k=int(serve.get("output_top_k", 0)),
-            output_decimals=None if decimals is None else int(decimals),
-        )
+        """From the ``serve`` section (its defaults: conf/default.yaml's)."""
+        decimals = serve.output_decimals
+        policy = cls(output_top_k=int(serve.output_top_k),
+                     output_decimals=None if decimals is None else int(decimals))
         if policy.output_top_k < 0:
             raise ValueError(f"serve.output_top_k must be >= 0, got {policy.output_top_k}")
         return policy
