@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     overrides = [*build(root, args.widths, args.queries), f"run.output_dir={root / 'out'}",
-                 f"serve.timeout={args.timeout}"]
+                 f"coordinator.timeout={args.timeout}", f"coordinator.serve_timeout={args.timeout}"]
     silos = ["alice", *(f"d{w}" for w in args.widths)]
     started = time.perf_counter()
     with Deployment(root / "federation", silos, poll_interval=0.1) as fed:

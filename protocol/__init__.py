@@ -1,14 +1,30 @@
 """The wire protocol between the coordinator and the silos, on neutral ground: both import it."""
 
-from protocol.actions import PROVIDER_ACTIONS, QUERIER_ACTIONS, ROLES, Action, message_type
+from protocol.actions import (
+    BUNDLE,
+    PROVIDER_ACTIONS,
+    QUERIER_ACTIONS,
+    ROLES,
+    SHAREABLE_ACTIONS,
+    Action,
+    actions_of,
+    message_type,
+)
 from protocol.records import (
+    bundle_content,
+    bundle_reply,
+    bundled_requests,
+    content_error,
     error_content,
     error_of,
     error_silo,
     payload_bytes,
     reply_content,
     request_content,
+    unbundled_replies,
 )
 
-__all__ = ["PROVIDER_ACTIONS", "QUERIER_ACTIONS", "ROLES", "Action", "error_content", "error_of",
-           "error_silo", "message_type", "payload_bytes", "reply_content", "request_content"]
+__all__ = ["BUNDLE", "PROVIDER_ACTIONS", "QUERIER_ACTIONS", "ROLES", "SHAREABLE_ACTIONS", "Action",
+           "actions_of", "bundle_content", "bundle_reply", "bundled_requests", "content_error",
+           "error_content", "error_of", "error_silo", "message_type", "payload_bytes",
+           "reply_content", "request_content", "unbundled_replies"]

@@ -34,7 +34,20 @@ PROVIDER_ACTIONS = frozenset(
      Action.EVALUATE}
 )
 ROLES = ("querier", "provider")
+# A reply any provider may use: Enc(X̃) depends only on the provider's dimension (``d_out``), so a
+# querier aligning with several providers of one dimension encrypts its public texts once.
+SHAREABLE_ACTIONS = frozenset({Action.UPLOAD})
+BUNDLE = "bundle"  # the message type (query.bundle) of several requests for one silo
 
 
-def message_type(action: Action) -> str:
-    return f"query.{action.value}"
+def message_type(action: Action | str) -> str:
+    return f"query.{action if isinstance(action, str) else action.value}"
+
+
+def actions_of(message_type_: str, content) -> list[Action]:
+    """The actions a message asks for: its type's, or a bundle's listed ones (for a mod that acts
+    per action, e.g. fault injection)."""
+    name = message_type_.removeprefix("query.")
+    if name == BUNDLE:
+        return [Action(a) for a in content["bundle"]["actions"]] if "bundle" in content else []
+    return [Action(name)]

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+from flwr.app import Context
 from omegaconf import DictConfig, OmegaConf
 
-from conf import active_silos
+from conf import active_silos, load_config
 from crypto.params import CKKSParams
 from protocol import ROLES
 from silos.data import DataSource
@@ -291,3 +293,14 @@ def silo_name(cfg: DictConfig, node_config: dict) -> str:
             f"the {len(names)} configured silos {names}"
         )
     return names[partition]
+
+
+@lru_cache(maxsize=8)
+def _loaded(overrides: str) -> DictConfig:
+    return load_config(overrides)
+
+
+def run_config(context: Context) -> DictConfig:
+    """The run's config (conf/default.yaml + the run config's ``overrides``), parsed once per
+    process for each run: every message of a run carries the same overrides. Read-only."""
+    return _loaded(str(context.run_config.get("overrides", "")))

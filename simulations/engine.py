@@ -39,10 +39,12 @@ def simulate(
     """Run ``server_app`` against ``num_silos`` simulated SuperNodes running ``client_app``.
 
     Where the config names no public corpus, the benchmark preset's files are written first and
-    named in the overrides (simulations/benchmark.py)."""
+    named in the overrides (simulations/benchmark.py). Each silo logs its messages
+    (``run.message_log``, for the report) unless the overrides say otherwise."""
     from conf import load_config
     from simulations.benchmark import benchmark_overrides
 
+    overrides = ["run.message_log=true", *overrides]
     overrides = [*overrides, *benchmark_overrides(load_config(overrides))]
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs; silences a warning

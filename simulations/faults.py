@@ -1,7 +1,8 @@
-"""Fault injection for simulations: the silos' ClientApp, with one silo crashing or going silent.
+"""Fault injection for simulations: a ClientApp mod that makes one silo crash or go silent.
 
-A test harness, not part of the protocol: it wraps :func:`silos.client_app.handle` so that the
-silo of one partition fails its ``nth`` message of one action — ``raise`` makes the ClientApp raise
+A test harness, not part of the protocol: :func:`fault_mod` runs before the silos' handlers, so that
+the silo of one partition fails its ``nth`` message of one action (a bundle fails as a whole when
+one of its requests strikes, as a crashed process would) — ``raise`` makes the ClientApp raise
 (Flower replies with an error of its own, as for a crashed or unavailable node), ``sleep`` makes it
 answer only after ``seconds`` (a silo that stops answering until the coordinator gives up). The
 count lives in a file under ``state_dir``: simulated silos share worker processes, and a count in a
@@ -12,14 +13,17 @@ from __future__ import annotations
 
 import fcntl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from protocol import Action
-from silos.client_app import handle
+from protocol import Action, actions_of
+from silos.client_app import client_app
+from silos.message_log import message_log
 
 
 @dataclass(frozen=True)
@@ -61,17 +65,23 @@ class Fault:
         time.sleep(self.seconds)
 
 
+def fault_mod(strike: Callable[[Action, Context], None]) -> Mod:
+    """A mod that calls ``strike(action, context)`` for each action a message asks for, before
+    the handler: an exception it raises is the ClientApp's (Flower's error reply)."""
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        for action in actions_of(message.metadata.message_type, message.content):
+            strike(action, context)
+        return call_next(message, context)
+
+    return mod
+
+
 def faulty_client_app(*faults: Fault) -> ClientApp:
-    """The silos' ClientApp with ``faults`` injected before the handler runs."""
-    app = ClientApp()
+    """The silos' ClientApp with ``faults`` injected before the handlers run."""
 
-    def register(action: Action) -> None:
-        @app.query(action.value)
-        def _handler(message: Message, context: Context) -> Message:
-            for fault in faults:
-                fault.strike(action, context)
-            return handle(action, message, context)
+    def strike(action: Action, context: Context) -> None:
+        for fault in faults:
+            fault.strike(action, context)
 
-    for action in Action:
-        register(action)
-    return app
+    return client_app(mods=[message_log, fault_mod(strike)])

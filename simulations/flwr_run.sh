@@ -43,5 +43,5 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 
-overrides="$* run.output_dir=${output_dir} ${preset}"
+overrides="run.message_log=true $* run.output_dir=${output_dir} ${preset}"
 flwr run . local-sim --stream --run-config "overrides=\"${overrides}\""

@@ -5,8 +5,11 @@ It pairs every querier with each provider that offers the querier's task and hol
 texts (by digest). For every pair the querier reuses its stored map or fits one under encryption,
 then the coordinator routes the querier's encrypted queries to the provider's head for that task
 and the encrypted logits back; where several providers serve one task, the querier also gets
-their ensemble. It times every phase and counts every payload byte; a silo that fails or does not
-answer fails only its own pairs.
+their ensemble. Every pair runs at once (``strategy.rounds``): a round carries each pair's next
+step, so providers work side by side and the run's rounds do not grow with the number of pairs.
+Serving is pipelined: the decryption of batch b and the encryption of batch b+1 travel in one
+round, so a stream of batches costs two rounds a batch. It times every phase and counts every
+payload byte and round; a silo that fails or does not answer fails only its own pairs.
 """
 
 from __future__ import annotations
@@ -14,76 +17,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from protocol import (
-    Action,
-    error_of,
-    error_silo,
-    message_type,
-    payload_bytes,
-    request_content,
-)
+from conf import active_silos, parse_pairs
+from protocol import Action
+from strategy.rounds import Ask, Conversation, Ledger, Rounds, Silo, SiloError, unnamed
 
 log = logging.getLogger(__name__)
 
-
-class SiloError(RuntimeError):
-    """A silo replied with an error, or did not reply in time.
-
-    ``transient``: no reply, or an error Flower made (node unavailable, the ClientApp crashed), which
-    a resend may cure; a silo's own error reply is a reasoned refusal and is never resent.
-    """
-
-    def __init__(self, silo: str, action: Action, reason: str, *, transient: bool = False) -> None:
-        super().__init__(f"silo {silo!r} failed on {action.value!r}: {reason}")
-        self.silo = silo
-        self.action = action
-        self.reason = reason
-        self.transient = transient
-
-
-@dataclass
-class Silo:
-    node_id: int
-    name: str
-    role: str
-    model: str
-    info: dict = field(default_factory=dict)
-
-
-@dataclass
-class Ledger:
-    """Wall seconds and payload bytes per phase, for one pair or for the whole run."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    bytes_sent: dict[str, int] = field(default_factory=dict)
-    bytes_received: dict[str, int] = field(default_factory=dict)
-    resent: list[str] = field(default_factory=list)  # one entry per resent request: why
-
-    def add(self, phase: str, seconds: float, sent: int, received: int) -> None:
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
-        self.bytes_sent[phase] = self.bytes_sent.get(phase, 0) + sent
-        self.bytes_received[phase] = self.bytes_received.get(phase, 0) + received
+__all__ = ["AlignmentCoordinator", "Ledger", "Silo", "SiloError"]
 
 
 class AlignmentCoordinator:
     """Coordinate encrypted alignment and inference between every querier and every provider.
+
+    One method per phase: :meth:`discover`, :meth:`pair_up`, :meth:`prepare`, then, per pair, the
+    conversations :meth:`align` and :meth:`serve`, and :meth:`ensemble`; :meth:`start` runs them.
+    Defaults live in conf/default.yaml (:meth:`from_config`).
 
     Parameters
     ----------
     batch_size : queries per encrypted request.
     path_for : the path of a request, from (n_features, n_classes, n queries, whether it is the
         pair's first request, which ships the serving context): the cost model's choice
-        (``crypto.cost``), or a fixed path. None: batched.
-    timeout : seconds to wait for the replies of one round.
-    serve_timeout : seconds to wait for one serving round (encrypt, evaluate, decrypt, report);
-        None: ``timeout``. Serving rounds are short, so a silo that stops answering is noticed
-        sooner than in the long alignment rounds.
+        (``crypto.cost``), or a fixed path.
+    timeout : seconds to wait for the replies of a round outside serving.
+    serve_timeout : seconds to wait for a serving round. Serving rounds are short, so a silo that
+        stops answering is noticed sooner than in the long alignment rounds.
     retries : times a request is resent to a silo that did not reply in time or for which Flower
         reported an error (node unavailable, ClientApp crashed) before its pairs fail; a silo's
         own error reply is never resent.
@@ -95,104 +58,50 @@ class AlignmentCoordinator:
         pairs would silently not exist), as is a name two nodes claim.
     """
 
-    def __init__(self, *, batch_size: int = 4096,
-                 path_for: Callable[[int, int, int, bool], str] | None = None,
-                 timeout: float = 600.0,
-                 serve_timeout: float | None = None, retries: int = 1,
-                 min_nodes: int = 2,
-                 wait_for_nodes: float = 120.0,
-                 pairs: list[tuple[str, str]] | None = None,
+    def __init__(self, *, batch_size: int, path_for: Callable[[int, int, int, bool], str],
+                 timeout: float, serve_timeout: float, retries: int, min_nodes: int,
+                 wait_for_nodes: float, pairs: list[tuple[str, str]] | None = None,
                  expected: list[str] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self.path_for = path_for or (lambda d, k, n, first: "batched")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        self.batch_size = batch_size
+        self.path_for = path_for
         self.timeout = timeout
-        self.serve_timeout = timeout if serve_timeout is None else serve_timeout
+        self.serve_timeout = serve_timeout
         self.retries = retries
         self.min_nodes = min_nodes
         self.wait_for_nodes = wait_for_nodes
         self.pairs = pairs
         self.expected = expected
 
-    # -- plumbing ---------------------------------------------------------------------------------
-    def _round(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
-               request: dict, ledger: Ledger, phase: str) -> dict[int, ConfigRecord | SiloError]:
-        """Send ``request`` to every (node_id, name) target at once; replies or errors by node.
+    @classmethod
+    def from_config(cls, cfg: DictConfig, path_for: Callable[[int, int, int, bool], str]
+                    ) -> AlignmentCoordinator:
+        """The coordinator a run config describes (``serve.*``, ``coordinator.*``, ``pairs``)."""
+        c = cfg.coordinator
+        return cls(batch_size=int(cfg.serve.batch_size), path_for=path_for,
+                   timeout=float(c.timeout), serve_timeout=float(c.serve_timeout),
+                   retries=int(c.retries), min_nodes=len(active_silos(cfg)),
+                   wait_for_nodes=float(c.wait_for_nodes), pairs=parse_pairs(cfg.pairs),
+                   expected=list(active_silos(cfg)))
 
-        Targets whose failure is transient get the request again, up to ``retries`` times.
-        """
-        results = self._send(grid, targets, action, request, ledger, phase)
-        for attempt in range(1, self.retries + 1):
-            again = [(node, name) for node, name in targets
-                     if isinstance(results[node], SiloError) and results[node].transient]
-            if not again:
-                break
-            for node, _ in again:
-                log.warning("resending %s (attempt %d of %d): %s", action.value, attempt + 1,
-                            self.retries + 1, results[node])
-                ledger.resent.append(str(results[node]))
-            results.update(self._send(grid, again, action, request, ledger, phase))
-        for node, _ in targets:
-            failure = results[node]
-            if isinstance(failure, SiloError) and failure.transient and self.retries:
-                results[node] = SiloError(failure.silo, action,
-                                          f"{failure.reason} ({self.retries + 1} attempts)",
-                                          transient=True)
-        return results
-
-    def _send(self, grid: Grid, targets: list[tuple[int, str]], action: Action,
-              request: dict, ledger: Ledger, phase: str) -> dict[int, ConfigRecord | SiloError]:
-        content = request_content(request)
-        messages = [Message(content, dst_node_id=node, message_type=message_type(action))
-                    for node, _ in targets]
-        timeout = self.serve_timeout if phase == "serve" else self.timeout
-        start = time.perf_counter()
-        answers = grid.send_and_receive(messages, timeout=timeout)
-        # By the request replied to: an error the SuperLink makes (e.g. the node stopped sending
-        # heartbeats) comes from the SuperLink's node id, not the silo's.
-        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        replies = {node_of.get(m.metadata.reply_to_message_id, m.metadata.src_node_id): m
-                   for m in answers}
-        received = sum(payload_bytes(m.content) for m in replies.values() if not m.has_error())
-        ledger.add(phase, time.perf_counter() - start, payload_bytes(content) * len(targets),
-                   received)
-        results: dict[int, ConfigRecord | SiloError] = {}
-        for node, name in targets:
-            reply = replies.get(node)
-            if reply is None:
-                results[node] = SiloError(name, action, f"no reply within {timeout:g} s",
-                                          transient=True)
-            elif (reason := error_of(reply)) is not None:
-                # Before discovery a target is only "node <id>": the silo's own error names it.
-                if name == _unnamed(node):
-                    name = error_silo(reply) or name
-                results[node] = SiloError(name, action, reason, transient=reply.has_error())
-            else:
-                results[node] = reply.content["reply"]
-        return results
-
-    def _ask(self, grid: Grid, silo: Silo, action: Action, request: dict, ledger: Ledger,
-             phase: str) -> ConfigRecord:
-        result = self._round(grid, [(silo.node_id, silo.name)], action, request, ledger,
-                             phase)[silo.node_id]
-        if isinstance(result, SiloError):
-            raise result
-        return result
+    def rounds(self, grid: Grid) -> Rounds:
+        return Rounds(grid, timeout=self.timeout, serve_timeout=self.serve_timeout,
+                      retries=self.retries)
 
     # -- phases -----------------------------------------------------------------------------------
-    def discover(self, grid: Grid, ledger: Ledger) -> tuple[dict[str, Silo], list[str]]:
+    def discover(self, rounds: Rounds, ledger: Ledger) -> tuple[dict[str, Silo], list[str]]:
         deadline = time.monotonic() + self.wait_for_nodes
-        nodes = list(grid.get_node_ids())
+        nodes = list(rounds.grid.get_node_ids())
         while len(nodes) < self.min_nodes and time.monotonic() < deadline:
             time.sleep(1.0)
-            nodes = list(grid.get_node_ids())
-        results = self._round(grid, [(n, _unnamed(n)) for n in nodes], Action.DESCRIBE, {},
-                              ledger, "discover")
+            nodes = list(rounds.grid.get_node_ids())
+        asks = [Ask(Silo(n, unnamed(n), "", ""), Action.DESCRIBE, {}, "discover") for n in nodes]
+        results = rounds.exchange(asks, [ledger] * len(asks))
         silos, errors, failed = {}, [], set()
-        for node, result in results.items():
+        for node, result in zip(nodes, results, strict=True):
             if isinstance(result, SiloError):
                 errors.append(str(result))
                 failed.add(result.silo)
@@ -211,14 +120,14 @@ class AlignmentCoordinator:
                               f"SuperNode names its silo with --node-config 'silo=\"{name}\"'")
         return silos, errors
 
-    def prepare(self, grid: Grid, silos: dict[str, Silo], ledger: Ledger) -> list[str]:
+    def prepare(self, rounds: Rounds, silos: dict[str, Silo], ledger: Ledger) -> list[str]:
         """Every silo of a pair gets ready: a querier embeds its texts and makes this run's keys,
         a provider loads (or trains) a head per task. Returns the errors; failed silos leave."""
-        targets = [(s.node_id, s.name) for s in silos.values()]
-        results = self._round(grid, targets, Action.PREPARE, {}, ledger, "prepare")
+        order = list(silos.values())
+        results = rounds.exchange([Ask(s, Action.PREPARE, {}, "prepare") for s in order],
+                                  [ledger] * len(order))
         errors = []
-        for silo in list(silos.values()):
-            result = results[silo.node_id]
+        for silo, result in zip(order, results, strict=True):
             if isinstance(result, SiloError):
                 errors.append(str(result))
                 del silos[silo.name]
@@ -264,41 +173,42 @@ class AlignmentCoordinator:
                     pairs.append((querier, provider))
         return pairs, refused, errors
 
-    def align(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
+    def align(self, querier: Silo, provider: Silo) -> Conversation:
         """The querier's map into the provider's space: its stored one if still valid, else
         fitted under encryption. Returns the fit quality and how the map was obtained."""
-        restored = self._ask(grid, querier, Action.RESTORE, {
+        (restored,) = yield [Ask(querier, Action.RESTORE, {
             "provider": provider.name, "provider_fingerprint": provider.info["fingerprint"]},
-            ledger, "align")
+            "align")]
         if restored["reused"]:
             return {"map": "reused", "map_why": restored["why"], "alpha": restored["alpha"],
                     "r2": restored["r2"], "cosine": restored["cosine"]}
-        return {"map": "fitted", "map_why": restored["why"],
-                **self.fit(grid, querier, provider, ledger)}
+        fitted = yield from self.fit(querier, provider)
+        return {"map": "fitted", "map_why": restored["why"], **fitted}
 
-    def fit(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
+    def fit(self, querier: Silo, provider: Silo) -> Conversation:
         """Fit the querier's map into the provider's space under encryption; fit quality."""
-        # Enc(X̃) is laid out for the provider's dimension, so it is encrypted per pair.
-        upload = self._ask(grid, querier, Action.UPLOAD, {
-            "d_out": int(provider.info["prepare_dim"])}, ledger, "align")
-        cross = self._ask(grid, provider, Action.CROSS_PRODUCTS, {
+        # Enc(X̃) is laid out for the provider's dimension: providers of one dimension share it.
+        (upload,) = yield [Ask(querier, Action.UPLOAD, {
+            "d_out": int(provider.info["prepare_dim"])}, "align")]
+        (cross,) = yield [Ask(provider, Action.CROSS_PRODUCTS, {
             "querier": querier.name, "context": upload["context"], "d_in": upload["d_in"],
             "x_bound": upload["x_bound"], "fit": upload["fit"], "val": upload.get("val", [])},
-            ledger, "align")
-        select = self._ask(grid, querier, Action.SELECT, {
+            "align")]
+        (select,) = yield [Ask(querier, Action.SELECT, {
             "provider": provider.name, "d_out": cross["d_out"], "fit": cross["fit"],
             "val": cross.get("val", []), "y_sq_sum_val": cross.get("y_sq_sum_val", 0.0)},
-            ledger, "align")
+            "align")]
         products = []
         # The cosine round is optional: asked only of a provider whose policy allows it (the
         # provider refuses it otherwise), else the held-out cosine is NaN.
         if "rows" in select and provider.info.get("allow_cosine", False):
-            products = self._ask(grid, provider, Action.COSINE_PRODUCTS, {
+            (cosine,) = yield [Ask(provider, Action.COSINE_PRODUCTS, {
                 "querier": querier.name, "d_in": upload["d_in"], "rows": select["rows"]},
-                ledger, "align")["products"]
-        finish = self._ask(grid, querier, Action.FINISH, {
+                "align")]
+            products = cosine["products"]
+        (finish,) = yield [Ask(querier, Action.FINISH, {
             "provider": provider.name, "d_out": cross["d_out"], "products": products,
-            "provider_fingerprint": provider.info["fingerprint"]}, ledger, "align")
+            "provider_fingerprint": provider.info["fingerprint"]}, "align")]
         return {
             "alpha": finish["alpha"], "r2": finish["r2"], "cosine": finish["cosine"],
             "r2_by_alpha": dict(zip(select.get("alphas", []), select.get("r2_by_alpha", []),
@@ -311,40 +221,53 @@ class AlignmentCoordinator:
                 len(b) for b in upload.get("val", [])),
         }
 
-    def serve(self, grid: Grid, querier: Silo, provider: Silo, ledger: Ledger) -> dict:
+    def serve(self, querier: Silo, provider: Silo) -> Conversation:
         """Route the querier's encrypted queries through the provider's head for the querier's
-        task, in batches; only the batches an interrupted run left unanswered are sent."""
+        task, in batches; only the batches an interrupted run left unanswered are sent.
+
+        Pipelined: after the first batch, each querier round decrypts batch b and encrypts
+        batch b+1 (a bundle), and the last one decrypts and writes the predictions."""
         task = str(querier.info["task"])
         n_queries = int(querier.info["n_queries"])
         classes = list(provider.info[f"classes.{task}"])
         serving = {"provider": provider.name, "task": task, "classes": classes,
                    "head": provider.info[f"head.{task}"], "batch_size": self.batch_size}
-        plan = self._ask(grid, querier, Action.PLAN, serving, ledger, "serve")
+        (plan,) = yield [Ask(querier, Action.PLAN, serving, "serve")]
         batches = list(zip(plan.get("starts", []), plan.get("stops", []), strict=True))
         d = int(provider.info["prepare_dim"])
         paths = [self.path_for(d, len(classes), stop - first, i == 0)
                  for i, (first, stop) in enumerate(batches)]
+
+        def encrypt(i: int) -> Ask:
+            first, stop = batches[i]
+            return Ask(querier, Action.ENCRYPT, {
+                "provider": provider.name, "start": first, "stop": stop, "path": paths[i],
+                "n_classes": len(classes), "with_context": i == 0,
+                "rotations": "single" in paths}, "serve")
+
+        report_ask = Ask(querier, Action.REPORT, serving, "serve")
         timing = {"encrypt": 0.0, "evaluate": 0.0, "decrypt": 0.0}
         sent = received = context_bytes = charged = 0
         budget_left = -1
         progress = tqdm(total=n_queries, initial=int(plan["n_done"]), unit="query",
                         desc=f"serve {querier.name} → {provider.name}", mininterval=1.0,
                         disable=not batches)
-        for index, ((first, stop), path) in enumerate(zip(batches, paths, strict=True)):
-            batch = self._ask(grid, querier, Action.ENCRYPT, {
-                "provider": provider.name, "start": first, "stop": stop, "path": path,
-                "n_classes": len(classes), "with_context": index == 0,
-                "rotations": "single" in paths}, ledger, "serve")
+        if batches:
+            (batch,) = yield [encrypt(0)]
+        else:
+            (report,) = yield [report_ask]
+        for i, (first, stop) in enumerate(batches):
             evaluate = {"querier": querier.name, "task": task, "ciphertexts": batch["ciphertexts"],
-                        "path": path, "n": batch["n"]}
+                        "path": paths[i], "n": batch["n"]}
             if "context" in batch:  # the serving context replaces the alignment one
                 evaluate["context"] = batch["context"]
                 context_bytes = len(batch["context"])
-            logits = self._ask(grid, provider, Action.EVALUATE, evaluate, ledger, "serve")
-            done = self._ask(grid, querier, Action.DECRYPT, {
-                **serving, "start": first, "n": batch["n"], "path": path,
-                "n_classes": logits["n_classes"], "ciphertexts": logits["ciphertexts"]},
-                ledger, "serve")
+            (logits,) = yield [Ask(provider, Action.EVALUATE, evaluate, "serve")]
+            decrypt = Ask(querier, Action.DECRYPT, {
+                **serving, "start": first, "n": batch["n"], "path": paths[i],
+                "n_classes": logits["n_classes"], "ciphertexts": logits["ciphertexts"]}, "serve")
+            last = i + 1 == len(batches)
+            done, after = yield [decrypt, report_ask if last else encrypt(i + 1)]
             sent += sum(len(c) for c in batch["ciphertexts"])
             received += sum(len(c) for c in logits["ciphertexts"])
             timing["encrypt"] += batch["seconds"]
@@ -353,19 +276,21 @@ class AlignmentCoordinator:
             charged += int(logits.get("charged", 0))
             budget_left = int(logits.get("budget_left", -1))
             progress.update(stop - first)
+            if last:
+                report = after
+            else:
+                batch = after
         progress.close()
-        report = self._ask(grid, querier, Action.REPORT, serving, ledger, "serve")
         compute = sum(timing.values())
         served = sum(stop - first for first, stop in batches)
         per = 1000 / max(served, 1)  # milliseconds per query served in this run
         return {
             "task": task, "path": "+".join(sorted(set(paths))) or "—",
             "batch_size": self.batch_size, "n_queries": n_queries, "n_served": served,
-            "n_resumed": int(plan["n_done"]),
+            "n_resumed": int(plan["n_done"]), "n_batches": len(batches),
             **{k: v for k, v in report.items() if k not in ("n",)},
             "latency_ms_per_query": per * compute,
             **{f"{k}_ms_per_query": per * v for k, v in timing.items()},
-            "wall_ms_per_query": per * ledger.seconds.get("serve", 0.0),
             "serve_context_bytes": context_bytes,
             "bytes_per_query": (sent + received) / max(served, 1),
             "bytes_in_per_query": sent / max(served, 1),
@@ -374,70 +299,86 @@ class AlignmentCoordinator:
             "queries_charged": charged, "budget_left": budget_left,
         }
 
-    def ensemble(self, grid: Grid, querier: Silo, task: str, pairs: list[dict],
-                 ledger: Ledger) -> dict:
+    def ensemble(self, querier: Silo, task: str, pairs: list[dict]) -> Conversation:
         """The mean probabilities of the providers that served one task, and whether that beats
         the best of them (where the querier's texts are labelled)."""
         providers = [p["provider"] for p in pairs]
-        result = {"querier": querier.name, "task": task, "providers": providers}
-        try:
-            reply = self._ask(grid, querier, Action.ENSEMBLE, {"task": task,
-                                                               "providers": providers},
-                              ledger, "ensemble")
-        except SiloError as err:
-            return {**result, "status": "failed", "error": str(err)}
-        result.update(status="ok", predictions=reply["predictions"])
+        (reply,) = yield [Ask(querier, Action.ENSEMBLE, {"task": task, "providers": providers},
+                              "ensemble")]
+        result = {"querier": querier.name, "task": task, "providers": providers, "status": "ok",
+                  "predictions": reply["predictions"]}
         if "encrypted_accuracy" in reply:
             best = max(p["encrypted_accuracy"] for p in pairs)
             result.update(accuracy=reply["encrypted_accuracy"], best_single=best,
                           beats_best=bool(reply["encrypted_accuracy"] > best))
         return result
 
+    def pair(self, querier: Silo, provider: Silo) -> Conversation:
+        """One pair's whole conversation: align, then serve."""
+        aligned = yield from self.align(querier, provider)
+        served = yield from self.serve(querier, provider)
+        return {**aligned, **served}
+
     # -- the whole run ----------------------------------------------------------------------------
     def start(self, grid: Grid) -> dict:
+        rounds = self.rounds(grid)
         run = Ledger()
         started = time.perf_counter()
-        silos, errors = self.discover(grid, run)
+        silos, errors = self.discover(rounds, run)
         pairs, refused, pairing_errors = self.pair_up(silos)
         errors += pairing_errors
         involved = {s.name: s for pair in pairs for s in pair}
-        errors += self.prepare(grid, involved, run)  # a silo that fails leaves with its pairs
+        errors += self.prepare(rounds, involved, run)  # a silo that fails leaves with its pairs
         pairs = [(q, p) for q, p in pairs if q.name in involved and p.name in involved]
+        ledgers = {(q.name, p.name): Ledger() for q, p in pairs}
+        pair_rounds, pairs_started = rounds.count, time.perf_counter()
+        outcomes = rounds.converse({(q.name, p.name): (self.pair(q, p), ledgers[q.name, p.name])
+                                    for q, p in pairs})
+        pair_rounds, pairs_seconds = rounds.count - pair_rounds, time.perf_counter() - pairs_started
         results = list(refused)
         for querier, provider in pairs:
-            ledger = Ledger()
+            ledger, outcome = ledgers[querier.name, provider.name], outcomes[querier.name,
+                                                                              provider.name]
             pair = {"querier": querier.name, "provider": provider.name,
                     "querier_model": querier.model, "provider_model": provider.model,
                     "task": querier.info["task"], "n_queries": querier.info.get("n_queries")}
-            try:
-                pair.update(self.align(grid, querier, provider, ledger))
-                pair.update(self.serve(grid, querier, provider, ledger))
-                pair["status"] = "ok"
-            except SiloError as err:
-                log.error("pair %s → %s failed: %s", querier.name, provider.name, err)
-                pair.update(status="failed", error=str(err), failed_silo=err.silo,
-                            failed_action=err.action.value)
+            if isinstance(outcome, SiloError):
+                log.error("pair %s → %s failed: %s", querier.name, provider.name, outcome)
+                pair.update(status="failed", error=str(outcome), failed_silo=outcome.silo,
+                            failed_action=outcome.action.value)
+            else:
+                pair.update(outcome, status="ok")
+                served = max(int(outcome["n_served"]), 1)
+                pair["wall_ms_per_query"] = 1000 * ledger.seconds.get("serve", 0.0) / served
             pair.update(seconds=ledger.seconds, bytes_sent=ledger.bytes_sent,
-                        bytes_received=ledger.bytes_received, resent=ledger.resent)
+                        bytes_received=ledger.bytes_received, rounds=ledger.rounds,
+                        resent=ledger.resent)
             results.append(pair)
         ensembles = []
-        for querier in {q.name: q for q, _ in pairs}.values():
+        by_querier = {q.name: q for q, _ in pairs}
+        wanted = {}
+        for querier in by_querier.values():
             served = [p for p in results if p["querier"] == querier.name and p["status"] == "ok"]
             if len(served) > 1:
-                ensembles.append(self.ensemble(grid, querier, str(querier.info["task"]), served,
-                                               run))
+                wanted[querier.name] = (self.ensemble(querier, str(querier.info["task"]), served),
+                                        run)
+        for name, outcome in rounds.converse(wanted).items():
+            querier = by_querier[name]
+            if isinstance(outcome, SiloError):
+                outcome = {"querier": name, "task": str(querier.info["task"]),
+                           "providers": [p["provider"] for p in results
+                                         if p["querier"] == name and p["status"] == "ok"],
+                           "status": "failed", "error": str(outcome)}
+            ensembles.append(outcome)
         return {
             "silos": {s.name: {"role": s.role, "model": s.model, "node_id": s.node_id,
                                **_plain(s.info)} for s in silos.values()},
             "pairs": results, "ensembles": ensembles, "errors": errors,
-            "seconds": {**run.seconds, "total": time.perf_counter() - started},
+            # pairs: the wall time of every pair's alignment and serving, run together
+            "seconds": {**run.seconds, "pairs": pairs_seconds,
+                        "total": time.perf_counter() - started},
+            "rounds": {"total": rounds.count, "pairs": pair_rounds, **run.rounds},
         }
-
-
-def _unnamed(node: int) -> str:
-    """How a node is named until its silo is known: only a failure that names no silo (no reply,
-    or an error Flower made) is reported so."""
-    return f"node {node}"
 
 
 def _plain(info: dict) -> dict:

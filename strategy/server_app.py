@@ -11,7 +11,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from conf import CONF_DIR, active_silos, load_config, parse_pairs
+from conf import CONF_DIR, load_config
 from crypto.cost import CostModel, choose_path, seconds_per_byte
 from crypto.head import PATHS
 from crypto.params import CKKSParams
@@ -58,17 +58,8 @@ def run_coordinator(grid: Grid, cfg: DictConfig, *, run_id: int | None = None) -
     ``run_id`` (Flower's, the same on every silo) is recorded so that the report keeps only this
     run's lines of the silos' ``messages.jsonl``, which every run into the same folder appends to.
     """
-    strategy = AlignmentCoordinator(
-        batch_size=int(cfg.serve.batch_size),
-        path_for=path_chooser(cfg),
-        timeout=float(cfg.serve.timeout),
-        serve_timeout=None if cfg.serve.serve_timeout is None else float(cfg.serve.serve_timeout),
-        retries=int(cfg.serve.retries),
-        min_nodes=len(active_silos(cfg)),
-        pairs=parse_pairs(cfg.pairs),
-        expected=list(active_silos(cfg)),
-    )
-    summary = {"run_id": run_id, **strategy.start(grid)}
+    coordinator = AlignmentCoordinator.from_config(cfg, path_chooser(cfg))
+    summary = {"run_id": run_id, **coordinator.start(grid)}
     summary["config"] = OmegaConf.to_container(cfg, resolve=True)
     out = Path(str(cfg.run.output_dir)).expanduser()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Each organisation's own data: three sources, align once and serve many, predictions out, resume,
 providers chosen by task. The tiny models; one Flower simulation, the other runs over the silos'
-own handler in this process (:mod:`local_grid`: no Ray, the same coordinator and silos)."""
+own ClientApp in this process (:mod:`simulations.local_grid`: no Ray, the same coordinator and silos)."""
 
 import csv
 import json
@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
-from local_grid import coordinate
 from tiny import FILLER, save_tiny_models, topic_texts, write_corpus
 
 from protocol import Action
+from silos.client_app import client_app
+from silos.message_log import message_log
 from simulations.engine import simulate
+from simulations.faults import fault_mod
+from simulations.local_grid import coordinate
 from simulations.report import build_report
 from strategy.server_app import app as server_app
 
@@ -51,14 +54,18 @@ def overrides(orgs: dict, out: Path, *extra: str) -> list[str]:
 
 
 def run(orgs: dict, out: Path, *extra: str, engine: bool = False, before=None) -> dict:
-    """One run: through Flower's simulation engine (``engine``), or in this process."""
+    """One run: through Flower's simulation engine (``engine``), or in this process; ``before``
+    strikes before each request's handler (:func:`fail_on`)."""
     if engine:
-        from silos.client_app import app as client_app
+        from silos.client_app import app
 
         n = 3 if any(e.startswith("silos.carol.role") for e in extra) else 2
-        simulate(server_app, client_app, num_silos=n, overrides=overrides(orgs, out, *extra))
+        simulate(server_app, app, num_silos=n, overrides=overrides(orgs, out, *extra))
     else:
-        coordinate(overrides(orgs, out, *extra), run_id=next(RUNS), before=before)
+        app = None if before is None else client_app(mods=[message_log, fault_mod(before)])
+        # An injected fault is final: no resend cures it.
+        faults = [] if before is None else ["coordinator.retries=0"]
+        coordinate(overrides(orgs, out, *extra, *faults), run_id=next(RUNS), app=app)
     return build_report(out, json.loads((out / "run.json").read_text()), "pytest")
 
 
@@ -169,6 +176,14 @@ def test_two_providers_of_one_task_give_an_ensemble(orgs, tmp_path, task_identit
     for mean, a, b in zip(rows, bob, carol, strict=True):
         assert float(mean["p_sport"]) == pytest.approx(
             (float(a["p_sport"]) + float(b["p_sport"])) / 2, abs=1e-9)
+    # Both pairs ran side by side: the run took the rounds of its longer pair, not their sum;
+    # serving is pipelined: plan, the first encryption, then two rounds a batch.
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    pairs = summary["pairs"]
+    assert [p["n_batches"] for p in pairs] == [3, 3]  # 25 queries, 10 a batch
+    assert all(p["rounds"]["serve"] == 2 * 3 + 2 for p in pairs)
+    assert all(p["map"] == "fitted" and p["rounds"]["align"] == 5 for p in pairs)
+    assert summary["rounds"]["pairs"] == max(sum(p["rounds"].values()) for p in pairs) == 13
 
 
 def fail_on(action: Action, nth: int, seen: list[Action]):

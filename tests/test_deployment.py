@@ -75,7 +75,9 @@ def test_certificates_and_keys_are_what_flower_expects(tmp_path):
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    tiny = tiny_overrides(root, n_texts=200, n_public=80, n_private=60, n_query=20)
+    # Each silo logs its messages (the tests read how many processes loaded an LM).
+    tiny = [*tiny_overrides(root, n_texts=200, n_public=80, n_private=60, n_query=20),
+            "run.message_log=true"]
     # Each SuperNode gets its own copy of its data, named in its node config; the run config
     # names none.
     overrides, node_configs = own_data([*tiny, *benchmark_overrides(load_config(tiny))],
@@ -98,7 +100,7 @@ def messages(out: Path, silo: str) -> list[dict]:
 def test_full_protocol_through_tls_and_node_auth(deployment):
     fed, overrides, root, node_configs = deployment
     out = root / "out-full"
-    done = fed.run([*overrides, f"run.output_dir={out}", "serve.timeout=300"], timeout=900)
+    done = fed.run([*overrides, f"run.output_dir={out}", "coordinator.timeout=300"], timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Successfully started run" in done.stdout and "uv sync" not in done.stdout + done.stderr
     run = json.loads((out / "run.json").read_text())
@@ -165,7 +167,7 @@ def test_a_silo_killed_mid_run_fails_only_its_pairs(deployment):
     watcher.start()
     # The SuperLink declares bob unavailable once he misses his heartbeats (~1 min), well before
     # the coordinator's own timeout would expire.
-    done = fed.run([*overrides, f"run.output_dir={out}", "serve.timeout=240"], timeout=900)
+    done = fed.run([*overrides, f"run.output_dir={out}", "coordinator.timeout=240"], timeout=900)
     watcher.join(timeout=5)
     assert killed, "bob's SuperNode never received its alignment request"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

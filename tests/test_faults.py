@@ -29,7 +29,7 @@ def test_a_crash_is_resent_and_a_provider_that_keeps_crashing_fails_only_its_pai
                     state_dir=str(tmp_path / "faults")),
               Fault(CAROL, Action.EVALUATE, nth=2, mode="raise", times=1,
                     state_dir=str(tmp_path / "faults"))]
-    pairs = run(tmp_path, faults, "serve.retries=1")
+    pairs = run(tmp_path, faults, "coordinator.retries=1")
     bob, carol = pairs["bob"], pairs["carol"]
     assert bob["status"] == "failed"
     assert bob["failed_silo"] == "bob" and bob["failed_action"] == "evaluate"
@@ -47,7 +47,7 @@ def test_a_provider_that_stops_answering_is_timed_out_and_the_resend_is_answered
     # times out, the resend is answered once bob is back.
     fault = Fault(BOB, Action.EVALUATE, nth=2, mode="sleep", seconds=6.0,
                   state_dir=str(tmp_path / "faults"))
-    pairs = run(tmp_path, [fault], "serve.retries=1", "serve.serve_timeout=4")
+    pairs = run(tmp_path, [fault], "coordinator.retries=1", "coordinator.serve_timeout=4")
     bob = pairs["bob"]
     assert bob["status"] == "ok", bob.get("error")
     assert bob["agreement"] == 1.0

@@ -1,6 +1,6 @@
 """What a new user trips over: a report that shows only its own run, a failed run's
 report that says why, and errors that name the config key or the silo to fix. No Ray: the
-coordinator runs over :class:`LocalGrid`, the silos' own handler in this process."""
+coordinator runs over :class:`LocalGrid`, the silos' own ClientApp in this process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from local_grid import coordinate
 from omegaconf import OmegaConf
 from tiny import write_corpus
 
@@ -19,6 +18,7 @@ from protocol import Action, error_silo, message_type, request_content
 from silos.client_app import handle
 from silos.registry import PACKAGED_MODELS, ModelNotFoundError, check_model, resolve_model
 from simulations import run_local
+from simulations.local_grid import coordinate
 from simulations.report import build_report, memory_by_silo, render_markdown
 
 
