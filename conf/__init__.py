@@ -25,14 +25,10 @@ def load_config(overrides: Iterable[str] | str = ()) -> DictConfig:
 
     Keys a preset defines can still be overridden, e.g. ``he.preset=n16384 he.input_scale_bits=28``.
     """
-    if isinstance(overrides, str):
-        overrides = shlex.split(overrides)
-    overrides = list(overrides)
     base = OmegaConf.load(CONF_DIR / "default.yaml")
-    cli = OmegaConf.from_dotlist(overrides)
+    cli = dotlist(overrides)
     _refuse_provider_policy(cli, base)
-    for key in _unknown_keys(cli, base):
-        raise KeyError(f"unknown config key {key!r} (see conf/default.yaml)")
+    refuse_unknown_keys(cli, base, "conf/default.yaml", open_keys=("silos", "he"))
     cfg = OmegaConf.merge(base, cli)
     preset = str(cfg.he.preset)
     preset_file = CONF_DIR / "he" / f"{preset}.yaml"
@@ -40,6 +36,21 @@ def load_config(overrides: Iterable[str] | str = ()) -> DictConfig:
         raise ValueError(f"unknown HE preset {preset!r}; choose one of {he_presets()}")
     cfg.he = OmegaConf.merge(cfg.he, OmegaConf.load(preset_file), cli.get("he", {}))
     return cfg
+
+
+def dotlist(overrides: Iterable[str] | str) -> DictConfig:
+    """Overrides as a config: a dotlist, or one shell-quoted string of them (a run config's)."""
+    if isinstance(overrides, str):
+        overrides = shlex.split(overrides)
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def refuse_unknown_keys(cli: DictConfig, base: DictConfig, where: str,
+                        open_keys: Iterable[str] = ()) -> None:
+    """Refuse a key of ``cli`` that ``base`` (read from ``where``) lacks: a mistyped key must not
+    be silently ignored. Below ``open_keys`` any key is allowed (new silos, HE preset keys)."""
+    for key in _unknown_keys(cli, base, "", tuple(open_keys)):
+        raise KeyError(f"unknown config key {key!r} (see {where})")
 
 
 def _refuse_provider_policy(cli: DictConfig, base: DictConfig) -> None:
@@ -58,17 +69,18 @@ def _refuse_provider_policy(cli: DictConfig, base: DictConfig) -> None:
             f"simulation (defaults: provider_policy in conf/default.yaml; docs/security.md)")
 
 
-def _unknown_keys(cli: DictConfig, base: DictConfig, prefix: str = "") -> list[str]:
-    """Dotted keys of ``cli`` absent from ``base``; new silos and HE preset keys are allowed."""
+def _unknown_keys(cli: DictConfig, base: DictConfig, prefix: str,
+                  open_keys: tuple[str, ...]) -> list[str]:
+    """Dotted keys of ``cli`` absent from ``base``, none below ``open_keys``."""
     unknown = []
     for key, value in cli.items():
         path = f"{prefix}{key}"
-        if path in ("silos", "he") or prefix.startswith("silos."):
+        if path in open_keys:
             continue
         if key not in base:
             unknown.append(path)
         elif isinstance(value, DictConfig) and isinstance(base[key], DictConfig):
-            unknown += _unknown_keys(value, base[key], f"{path}.")
+            unknown += _unknown_keys(value, base[key], f"{path}.", open_keys)
     return unknown
 
 

@@ -39,7 +39,7 @@ import math
 import numpy as np
 import tenseal.sealapi as seal
 
-from crypto.kit import CkksKit
+from crypto.kit import CkksKit, Placement, common_placement, placement
 from crypto.privacy import (
     ROUNDING_VARIANCE,
     CircuitPrivacy,
@@ -56,10 +56,16 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-# Cost of one more query ciphertext in rotations at the query level (N=8192, two data primes, this
-# machine, timed with CkksKit directly): encode + encrypt 1.5 ms against a rotation's 1.25 ms;
-# with the seeded ciphertext's serialisation it is 2.2 ms (a ratio of 1.8, which picks the same
-# ``copies`` at d=384, K=5). Only the choice of ``copies`` depends on it.
+# What one more query ciphertext costs, in rotations: SinglePlan weighs it to pick ``copies`` (the
+# querier's rotated copies of a query against the provider's giant-step rotations). It is a
+# constant of the protocol, not a measurement of this machine, and so not read from the calibrated
+# cost model (conf/cost_model.json, crypto/cost.py): the querier and the provider each compute the
+# plan from (d, K, N), on their own machines, and must reach the same layout (the ciphertexts a
+# request holds, the Galois keys its context carries). Its value: encode + encrypt 1.5 ms against a
+# rotation's 1.25 ms (N=8192, the query level, timed here with CkksKit). The calibration's
+# encrypt / rotate (serialisation included) is 1.76 at N=8192 and 1.34 at N=16384, and picks the
+# same ``copies`` for every shape the product serves (tests/test_crypto.py holds them together);
+# a ratio past ~2 would change the layout of K=3..50 heads.
 ENCRYPTION_COST = 1.2
 
 
@@ -280,6 +286,14 @@ class EncryptedLinearHead:
             return math.ceil(n / slots) * self.n_features
         return n * self.plan(slots).ciphertexts_per_query
 
+    def check_request(self, path: str, n: int, slots: int, count: int) -> None:
+        """Refuse a request of ``count`` query ciphertexts that is not what ``n`` queries on
+        ``path`` must hold: checked before any is deserialised (or a query budget charged)."""
+        expected = self.expected_ciphertexts(path, n, slots)
+        if count != expected:
+            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the {path} "
+                             f"path (d={self.n_features}), got {count}")
+
     def evaluate(self, kit: CkksKit, blobs: list[bytes], *, path: str, n: int,
                  noise_std: float = 0.0, rng: np.random.Generator | None = None,
                  privacy: CircuitPrivacy | None = None, workers: int = 1) -> list[bytes]:
@@ -293,10 +307,7 @@ class EncryptedLinearHead:
         a helper's ``rng`` is seeded from ``rng`` (fresh OS entropy when it is None).
         """
         privacy = CircuitPrivacy(kit) if privacy is None else privacy
-        expected = self.expected_ciphertexts(path, n, kit.slots)
-        if len(blobs) != expected:
-            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the {path} "
-                             f"path (d={self.n_features}), got {len(blobs)}")
+        self.check_request(path, n, kit.slots, len(blobs))
         if not (np.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         if path == "batched":
@@ -331,7 +342,7 @@ class EncryptedLinearHead:
         d, groups = self.n_features, math.ceil(n / kit.slots)
         first = kit.load(blobs[0], "ciphertext 0")
         scale, noises = self._batched_scale(kit, first, noise_std, privacy)
-        like = (tuple(first.parms_id()), first.scale)
+        like = placement(first)
         parts = shares(d, workers)
 
         def pick(a: int, b: int) -> list[bytes]:
@@ -381,7 +392,7 @@ class EncryptedLinearHead:
             raise ValueError(f"expected {groups * self.n_features} feature ciphertexts for {n} "
                              f"queries, got {len(features)}")
         scale, noises = self._batched_scale(kit, features[0], noise_std, privacy)
-        like = (tuple(features[0].parms_id()), features[0].scale)
+        like = placement(features[0])
         sums = self._batched_sums(kit, features, (0, self.n_features), groups, scale, like)
         return self._batched_finish(kit, sums, noise_std=noise_std, rng=rng, privacy=privacy,
                                     noises=noises, masked=False)
@@ -395,7 +406,7 @@ class EncryptedLinearHead:
         return scale, noise_at(scale)
 
     def _batched_sums(self, kit: CkksKit, features: list, columns: tuple[int, int], groups: int,
-                      scale: float, like: tuple) -> list[list[seal.Ciphertext | None]]:
+                      scale: float, like: Placement) -> list[list[seal.Ciphertext | None]]:
         """Σ_j V[j,k]·ct_j over the features ``columns`` = [a, b), per group and class (None where
         every weight of the share rounds to zero). ``features`` are ciphertexts or their bytes,
         group-major, and must all sit at ``like`` = (level, scale)."""
@@ -405,8 +416,7 @@ class EncryptedLinearHead:
             raise ValueError(f"expected {groups * width} feature ciphertexts, got {len(features)}")
         cts = [kit.load(ct, f"ciphertext {(i // width) * self.n_features + a + i % width}")
                if isinstance(ct, bytes | bytearray) else ct for i, ct in enumerate(features)]
-        if any((tuple(ct.parms_id()), ct.scale) != like for ct in cts):
-            raise ValueError("the query ciphertexts differ in level or scale")
+        common_placement(cts, "the query ciphertexts", like)
         sums = []
         for g in range(groups):
             row = []
@@ -481,8 +491,7 @@ class EncryptedLinearHead:
         if len(query) != plan.ciphertexts_per_query:
             raise ValueError(f"expected {plan.ciphertexts_per_query} ciphertexts per query, "
                              f"got {len(query)}")
-        if len({(tuple(ct.parms_id()), ct.scale) for ct in query}) > 1:
-            raise ValueError("the query ciphertexts differ in level or scale")
+        common_placement(query, "the query ciphertexts")
         noise_at = self._single_noise(kit, plan, query[0])
         scale = self._weight_scale(kit, query[0], noise_std, privacy, noise_at)
         diags = self._encoded_diagonals(kit, plan, scale, query[0])
@@ -508,7 +517,7 @@ class EncryptedLinearHead:
 
 def _masked(sums: list[list[seal.Ciphertext | None]], units: list[tuple[int, int]],
             noises: list[NoiseBound], privacy: CircuitPrivacy,
-            like: tuple) -> list[list[seal.Ciphertext | None]]:
+            like: Placement) -> list[list[seal.Ciphertext | None]]:
     """``sums`` with the mask of each reply (group, class) in ``units`` added (in place)."""
     for g, k in units:
         sums[g][k] = privacy.mask(sums[g][k], noises[k], like=like)
@@ -532,7 +541,7 @@ def evaluate_single_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[b
 
 
 def batched_sums_share(kit: CkksKit, head: EncryptedLinearHead, blobs: list[bytes],
-                       columns: tuple[int, int], groups: int, scale: float, like: tuple,
+                       columns: tuple[int, int], groups: int, scale: float, like: Placement,
                        masks: list[tuple[int, int]], noises: list[float],
                        privacy: dict) -> list[list[bytes | None]]:
     """A helper's partial sums over its features, the replies ``masks`` masked here (flooding

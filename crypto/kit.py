@@ -41,6 +41,25 @@ def galois_element(step: int, poly_modulus_degree: int) -> int:
     return pow(3, step % slots, 2 * poly_modulus_degree)
 
 
+Placement = tuple[tuple[int, ...], float]
+
+
+def placement(ciphertext: seal.Ciphertext) -> Placement:
+    """(level, scale) of a ciphertext: what every term of one encrypted sum must share."""
+    return tuple(ciphertext.parms_id()), ciphertext.scale
+
+
+def common_placement(ciphertexts: Iterable[seal.Ciphertext], what: str,
+                     like: Placement | None = None) -> Placement:
+    """The (level, scale) that ``ciphertexts`` (and ``like``, when given) all share, else a
+    ValueError naming ``what``: SEAL refuses a sum across levels, but not across scales, which it
+    would decrypt to garbage; a querier's request is checked before anything is computed."""
+    found = {placement(ct) for ct in ciphertexts} | ({like} if like is not None else set())
+    if len(found) != 1:
+        raise ValueError(f"{what} differ in level or scale" if found else f"no {what}")
+    return found.pop()
+
+
 class CkksKit:
     """Encoder, evaluator and keys of one parameter set.
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +35,25 @@ class MissingColumnError(ValueError):
     def __init__(self, name: str, column: str, columns: list[str]) -> None:
         super().__init__(f"{name}: no column {column!r} (columns: {columns})")
         self.column, self.columns = column, list(columns)
+
+
+@contextmanager
+def restated_as_config_keys(name: str, source_key: str,
+                            column_keys: dict[str | None, str]) -> Iterator[None]:
+    """Errors of reading the source ``name`` restated as the config key to change: a missing
+    column as the key that names it (``column_keys``: column → key), a source that is not there
+    as ``source_key``. A user reads what to set, not a traceback from ``datasets``."""
+    try:
+        yield
+    except MissingColumnError as err:
+        key = column_keys.get(err.column, source_key)
+        raise ValueError(f"{key}={err.column}: {name} has no column {err.column!r}; its columns "
+                         f"are {err.columns}: set {key} to one of them") from None
+    except (FileNotFoundError, ConnectionError) as err:
+        raise ValueError(f"{source_key}={name}: no packaged corpus, file or reachable Hugging Face "
+                         f"dataset ({err}); set {source_key} to a packaged corpus "
+                         f"({', '.join(PACKAGED_DATASETS)}), the path of a CSV, JSONL or text "
+                         "file, or a Hugging Face dataset id") from None
 
 
 @dataclass

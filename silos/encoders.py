@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from silos.embedding_cache import encoder_fingerprint
+from silos.encoder_spec import EncoderSpec
 from silos.pooling import POOLINGS, pool
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -127,64 +129,50 @@ class Encoder:
     Build one from a model name or path with :meth:`from_pretrained`, or wrap an in-memory model
     (tests build tiny ones from a config). Causal LMs keep their LM head (``model``) for
     generation; embeddings come from their base model. The encoder owns ``model``: it is moved,
-    cast and quantised in place. Defaults are conf/default.yaml's ``encoder`` section (a test holds
-    them equal); ``device`` and ``dtype`` hold what the model runs as, ``auto`` resolved.
+    cast and quantised in place. How it embeds is ``spec`` (:class:`EncoderSpec`, from the
+    ``encoder`` config: the code has no defaults of its own); ``device`` and ``dtype`` hold what
+    the model runs as, ``auto`` resolved.
     """
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        name: str = "model",
-        pooling: str = "mean",
-        max_length: int = 64,
-        batch_size: int = 32,
-        normalize: bool = False,
-        device: str = "auto",
-        dtype: str = "float32",
-        threads: int | None = None,
-        quantize: str | None = None,
-        show_progress: bool = True,
-    ) -> None:
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-        if max_length < 1 or batch_size < 1:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 spec: EncoderSpec, *, show_progress: bool = True) -> None:
+        if spec.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {spec.pooling!r}; expected one of {POOLINGS}")
+        if spec.max_length < 1 or spec.batch_size < 1:
             raise ValueError("max_length and batch_size must be positive")
-        self.device = resolve_device(device, quantize=quantize)
-        self.dtype = resolve_dtype(dtype, device=self.device, quantize=quantize)
-        self.threads = check_threads(threads)
-        self.quantize = quantize
+        self.device = resolve_device(spec.device, quantize=spec.quantize)
+        self.dtype = resolve_dtype(spec.dtype, device=self.device, quantize=spec.quantize)
+        self.threads = check_threads(spec.threads)
+        self.quantize = spec.quantize
         model = model.eval().to(device=self.device, dtype=DTYPES[self.dtype])
-        if quantize == "int8":
+        if spec.quantize == "int8":
             model = quantize_int8(model)
         self.model = model
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
-        self.name = name
-        self.pooling = pooling
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.normalize = normalize
+        self.name = spec.model
+        self.pooling = spec.pooling
+        self.max_length = spec.max_length
+        self.batch_size = spec.batch_size
+        self.normalize = spec.normalize
         self.show_progress = show_progress
 
     @classmethod
-    def from_pretrained(cls, path: str, *, causal: bool = False, name: str | None = None,
-                        device: str = "auto", dtype: str = "float32", quantize: str | None = None,
-                        **kwargs) -> Encoder:
+    def from_pretrained(cls, path: str, spec: EncoderSpec, *, causal: bool = False,
+                        show_progress: bool = True) -> Encoder:
         """Load ``path`` straight in the dtype it will run in (a bfloat16 model never holds a
         float32 copy); the options are checked before any weight is read."""
-        resolved = resolve_device(device, quantize=quantize)
-        load_dtype = resolve_dtype(dtype, device=resolved, quantize=quantize)
-        check_threads(kwargs.get("threads"))
+        resolved = resolve_device(spec.device, quantize=spec.quantize)
+        load_dtype = resolve_dtype(spec.dtype, device=resolved, quantize=spec.quantize)
+        check_threads(spec.threads)
         loader = AutoModelForCausalLM if causal else AutoModel
         hf_logging.disable_progress_bar()  # a load takes a second; its bar only adds noise
         model = loader.from_pretrained(path, dtype=DTYPES[load_dtype])
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(model, tokenizer, name=name or path, device=resolved, dtype=load_dtype,
-                   quantize=quantize, **kwargs)
+        return cls(model, tokenizer, replace(spec, device=resolved, dtype=load_dtype),
+                   show_progress=show_progress)
 
     @property
     def dim(self) -> int:

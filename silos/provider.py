@@ -22,7 +22,7 @@ from crypto import CircuitPrivacy, CkksKit, CrossProductPacking, EncryptedLinear
 from silos.budget import QueryBudget
 from silos.data import TextTable, encode_labels
 from silos.head import LinearHead
-from silos.runtime import embed, load_source, public_space
+from silos.runtime import embed, public_space, public_texts, task_tables
 from silos.saving import atomic_write
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
@@ -36,22 +36,11 @@ class Provider:
         self.state = state
 
     # -- data -------------------------------------------------------------------------------------
-    def _public_texts(self):
-        return load_source(self.settings.public, "public", labels="none")
-
-    def _tasks(self) -> dict[str, TextTable]:
-        s = self.settings
-        if not s.tasks:
-            raise ValueError(f"provider {s.name!r} offers no task: set silos.{s.name}.tasks."
-                             "NAME.source to its labelled data")
-        return {task: load_source(source, f"silos.{s.name}.tasks.{task}")
-                for task, source in s.tasks}
-
     def _head_key(self, table: TextTable) -> str:
         """What a task's head is trained from: it is trained again only when this changes."""
         s = self.settings
         return hashlib.sha256(json.dumps({
-            "data": table.digest, "public": self._public_texts().digest,
+            "data": table.digest, "public": public_texts(self.settings).digest,
             "encoder": s.encoder.fingerprint, "l2": s.head_l2, "max_iter": s.head_max_iter,
         }, sort_keys=True).encode()).hexdigest()
 
@@ -59,13 +48,13 @@ class Provider:
         """Role, model and the tasks it offers: their classes and the digest of each head's data
         (a querier's stored predictions are keyed by it)."""
         s = self.settings
-        public = self._public_texts()
+        public = public_texts(self.settings)
         info = {"silo": s.name, "role": s.role, "model": s.encoder.model,
                 "fingerprint": s.encoder.fingerprint, "public_digest": public.digest,
                 "n_public": len(public), "tasks": [],
                 # so that the coordinator does not ask for a round this provider refuses
                 "allow_cosine": s.policy.allow_cosine}
-        for task, table in self._tasks().items():
+        for task, table in task_tables(self.settings).items():
             info["tasks"].append(task)
             info[f"classes.{task}"] = encode_labels(table.labels)["label_names"]
             info[f"head.{task}"] = self._head_tag(self._head_key(table))
@@ -86,7 +75,7 @@ class Provider:
         start = time.perf_counter()
         s = self.settings
         reply: dict = {"trained": [], "reused": []}
-        for task, table in self._tasks().items():
+        for task, table in task_tables(self.settings).items():
             key = self._head_key(table)
             path = s.workdir / "heads" / f"{task}.safetensors"
             head = LinearHead.load(path) if path.exists() else None
@@ -213,10 +202,7 @@ class Provider:
         kit = self._receive_context(request)
         cost = query_capacity(path, n, kit.slots)
         blobs = list(request["ciphertexts"])
-        expected = head.expected_ciphertexts(path, n, kit.slots)
-        if len(blobs) != expected:
-            raise ValueError(f"expected {expected} query ciphertexts for {n} queries on the "
-                             f"{path} path (d={head.n_features}), got {len(blobs)}")
+        head.check_request(path, n, kit.slots, len(blobs))
         budget = QueryBudget(self.settings.state_dir, policy.query_budget)
         budget.check(querier, cost)
         logits = head.evaluate(kit, blobs, path=path, n=n, noise_std=policy.logit_noise,

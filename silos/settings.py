@@ -14,45 +14,11 @@ from conf import active_silos, load_config
 from crypto.params import CKKSParams
 from protocol import ROLES
 from silos.data import DataSource
-from silos.embedding_cache import encoder_fingerprint
+from silos.encoder_spec import ENCODER_KEYS, EncoderSpec
 from silos.policy import ProviderPolicy
 
-SILO_KEYS = {"role", "model", "pooling", "max_length", "batch_size", "normalize", "device",
-             "dtype", "threads", "quantize", "policy", "public", "task", "queries", "tasks"}
+SILO_KEYS = {"role", "model", *ENCODER_KEYS, "policy", "public", "task", "queries", "tasks"}
 SOURCE_KEYS = {"source", "text_column", "label_column", "id_column", "hf_split"}
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which model embeds a silo's texts, and how (``Encoder.fingerprint``, the embedding cache
-    key, is built from it). Defaults: conf/default.yaml's ``encoder`` section, held equal by a test;
-    the values are checked where the model loads (``silos.encoders``), naming the config key."""
-
-    model: str
-    pooling: str = "mean"
-    max_length: int = 64
-    batch_size: int = 32
-    normalize: bool = False
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int | None = None
-    quantize: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        """What determines the embeddings besides the texts: ``Encoder.fingerprint`` of the
-        encoder this spec loads (the embedding cache's key, part of a stored map's provenance).
-        Only ``dtype=auto`` needs torch (is there a GPU?), so a cache lookup with an explicit
-        dtype loads neither torch nor the model."""
-        dtype = self.dtype
-        if dtype == "auto" and self.quantize is None:
-            from silos.encoders import resolve_device, resolve_dtype
-
-            dtype = resolve_dtype(dtype, device=resolve_device(self.device))
-        elif dtype == "auto":
-            dtype = "float32"  # what a quantised model computes in (silos.encoders)
-        return encoder_fingerprint(self.model, pooling=self.pooling, max_length=self.max_length,
-                                   normalize=self.normalize, dtype=dtype, quantize=self.quantize)
 
 
 @dataclass(frozen=True)
@@ -62,16 +28,15 @@ class ServePolicy:
     whose limits are its own :class:`silos.policy.ProviderPolicy`.
     """
 
-    output_top_k: int = 0
-    output_decimals: int | None = None
+    output_top_k: int
+    output_decimals: int | None
 
     @classmethod
     def from_config(cls, serve: DictConfig) -> ServePolicy:
-        decimals = serve.get("output_decimals")
-        policy = cls(
-            output_top_k=int(serve.get("output_top_k", 0)),
-            output_decimals=None if decimals is None else int(decimals),
-        )
+        """From the ``serve`` section (its defaults: conf/default.yaml's)."""
+        decimals = serve.output_decimals
+        policy = cls(output_top_k=int(serve.output_top_k),
+                     output_decimals=None if decimals is None else int(decimals))
         if policy.output_top_k < 0:
             raise ValueError(f"serve.output_top_k must be >= 0, got {policy.output_top_k}")
         return policy
@@ -139,17 +104,9 @@ class SiloSettings:
                 {} if own is None else OmegaConf.to_container(own, resolve=True),
                 where=f"silos.{name}.policy")
         workdir = Path(str(cfg.run.output_dir)).expanduser() / "silos" / name
-        encoder = EncoderSpec(
-            model=str(silo.model),
-            pooling=str(silo.get("pooling", cfg.encoder.pooling)),
-            max_length=int(silo.get("max_length", cfg.encoder.max_length)),
-            batch_size=int(silo.get("batch_size", cfg.encoder.batch_size)),
-            normalize=bool(silo.get("normalize", cfg.encoder.normalize)),
-            device=str(silo.get("device", cfg.encoder.device)),
-            dtype=str(silo.get("dtype", cfg.encoder.dtype)),
-            threads=silo.get("threads", cfg.encoder.threads),  # None or an int; Encoder checks
-            quantize=silo.get("quantize", cfg.encoder.quantize),
-        )
+        cache_dir = Path(str(cfg.run.cache_dir)).expanduser()
+        encoder = EncoderSpec.from_config(cfg.encoder, str(silo.model), silo, cache_dir=cache_dir,
+                                          silo=name)
         if str(cfg.predictions.ood_score) not in ("msp", "energy"):
             raise ValueError(f"predictions.ood_score must be msp or energy, got "
                              f"{cfg.predictions.ood_score!r}")
@@ -160,7 +117,7 @@ class SiloSettings:
             encoder=encoder,
             **roles,
             workdir=workdir,
-            cache_dir=Path(str(cfg.run.cache_dir)).expanduser(),
+            cache_dir=cache_dir,
             he=CKKSParams.from_config(cfg.he),
             seed=int(cfg.run.seed),
             holdout=float(cfg.alignment.holdout),

@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     from conf import active_silos, load_config
     from silos.data import load_corpus
     from silos.embedding_cache import encode_cached
-    from silos.encoders import Encoder
-    from silos.registry import resolve_model
+    from silos.encoder_spec import EncoderSpec
+    from silos.runtime import open_encoder
     from simulations.benchmark import split_corpus
 
     load_before, started = _loadavg(), time.perf_counter()
@@ -331,11 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     enc = cfg.encoder
 
     def load(model: str, variant: str) -> Encoder:
-        resolved = resolve_model(model, cache_dir=cache_dir)
-        return Encoder.from_pretrained(
-            resolved.path, causal=resolved.causal, name=model, pooling=str(enc.pooling),
-            max_length=int(enc.max_length), batch_size=int(enc.batch_size),
-            normalize=bool(enc.normalize), device="cpu", **VARIANTS[variant])
+        spec = EncoderSpec.from_config(enc, model, {"device": "cpu", **VARIANTS[variant]},
+                                       cache_dir=cache_dir)
+        return open_encoder(spec, cache_dir)
 
     def embed(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
         return encode_cached(encoder, texts, None if args.no_cache else cache_dir)
@@ -349,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "load_before": load_before, "load_after": _loadavg(),
             "wall_s": time.perf_counter() - started, "n_speed": len(speed),
-            "corpus": str(cfg.dataset.name), "max_length": int(enc.max_length),
+            "corpus": str(cfg.dataset.name), "max_length": enc.max_length,
             "batch_size": int(enc.batch_size), "reps": args.reps, "seed": int(cfg.run.seed)}
     write_report(Path(args.out), speed_rows, acc_rows, meta)
     print((Path(args.out) / "report.md").read_text())

@@ -5,10 +5,16 @@
 Serving cost: the querier's queries, mapped into the provider's space, go through the encrypted
 batched path (``crypto.head``) with each hardening option; it measures encrypted accuracy, agreement
 with the unhardened encrypted predictions, and encrypt + evaluate + decrypt (+ policy) ms per query.
-Options: the provider's noise (its policy's ``logit_noise``: enforced by the provider, a plaintext add),
-the querier's output policy (``serve.output_top_k``, ``serve.output_decimals``: applied after
-decryption, protects the querier's consumers only) and the query budget (bookkeeping only: a
-locked, fsynced file write per request).
+Options: the provider's noise (its policy's ``logit_noise``: enforced by the provider, a plaintext add)
+and the querier's output policy (``serve.output_top_k``, ``serve.output_decimals``: applied after
+decryption, protects the querier's consumers only).
+
+Query budget: the provider's, kept as it keeps it (``silos.budget``: checked before a request is
+computed, charged once answered, a locked and fsynced file). The queries go in several batched
+requests, first with no limit, then with a budget of half their query slots (a batched request
+costs whole groups of N/2 slots, ``crypto.query_capacity``): it measures what the budget does (the
+requests past it are refused before any ciphertext is read; the querier gets the answers to the
+rest only) and what its bookkeeping costs per request.
 
 Extraction: a querier that chooses its inputs recovers a linear head ``V, c`` by least squares on
 the logits it decrypts. For query budgets B and noise levels it fits ``V, c`` from B noisy logit
@@ -24,7 +30,8 @@ Data: by default the packaged models (``minilm-l6`` → ``mpnet-base`` on ``bbc-
 config; embeddings come from the cache in ``run.cache_dir`` after a first run), the map fitted in
 plaintext with the ridge alpha chosen on the held-out public texts, as the protocol does under
 encryption (the encrypted fit equals it to ~5e-7, README); ``--synthetic`` uses random data
-(seconds, for tests). Writes ``hardening.csv``, ``extraction.csv`` and ``README.md`` to ``--out``.
+(seconds, for tests). Writes ``hardening.csv``, ``budget.csv``, ``extraction.csv``,
+``attacks.csv`` and ``README.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -43,7 +50,14 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from conf import load_config
-from crypto import CkksKit, CKKSParams, EncryptedLinearHead, decrypt_logits, encrypt_queries
+from crypto import (
+    CkksKit,
+    CKKSParams,
+    EncryptedLinearHead,
+    decrypt_logits,
+    encrypt_queries,
+    query_capacity,
+)
 from silos.budget import QueryBudget, QueryBudgetExceeded
 from silos.output_policy import OutputPolicy
 from simulations.bench_attacks import SINGLE_SETTINGS, Bench
@@ -51,6 +65,9 @@ from simulations.tables import write_csv
 
 HARDENING_COLUMNS = ["option", "enforced_by", "encrypted_accuracy", "accuracy_change",
                      "agreement_with_unhardened", "ms_per_query", "ms_change", "n_queries"]
+BUDGET_COLUMNS = ["query_budget", "requests", "queries", "answered_requests", "refused_requests",
+                  "answered_queries", "slots_charged", "encrypted_accuracy_answered",
+                  "bookkeeping_ms_per_request"]
 EXTRACTION_COLUMNS = ["noise_std", "budget", "budget_over_d", "relative_error",
                       "agreement_with_head"]
 
@@ -119,8 +136,7 @@ def real_task(overrides: list[str]) -> Task:
 
 
 def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0,
-          policy: OutputPolicy | None = None, budget: int | None = None,
-          reps: int = 3) -> tuple[list[np.ndarray], float]:
+          policy: OutputPolicy | None = None, reps: int = 3) -> tuple[list[np.ndarray], float]:
     """Encrypted logits of every query (one batched request) with the option, per repetition
     (each draws fresh noise); the best ms/query."""
     head = EncryptedLinearHead(task.coef, task.intercept)
@@ -129,15 +145,6 @@ def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0
     for _ in range(reps):
         start = time.perf_counter()
         blobs = encrypt_queries(querier, task.Z, path="batched", n_classes=k)
-        if budget is not None:  # the provider's on-disk count: a locked, fsynced write
-            with tempfile.TemporaryDirectory() as state_dir:
-                QueryBudget(state_dir, budget).charge("querier", n)
-                try:  # charged to its limit: the next query must be refused
-                    QueryBudget(state_dir, budget).charge("querier", 1)
-                except QueryBudgetExceeded:
-                    pass
-                else:
-                    raise RuntimeError("the query budget let a query past its limit")
         out = head.evaluate(provider, blobs, path="batched", n=n, noise_std=noise)
         logits = decrypt_logits(querier, out, path="batched", n=n, n_classes=k)
         if policy is not None:
@@ -147,11 +154,55 @@ def serve(task: Task, querier: CkksKit, provider: CkksKit, *, noise: float = 0.0
     return every, 1000 * best / n
 
 
-def hardening_rows(task: Task, noises: list[float], top_ks: list[int], decimals: list[int],
-                   reps: int) -> list[dict]:
-    params = CKKSParams.from_config(load_config([]).he)
-    querier = CkksKit.generate(params)
-    provider = CkksKit.from_public(querier.public_bytes())
+def budget_rows(task: Task, querier: CkksKit, provider: CkksKit, *, requests: int) -> list[dict]:
+    """The task's queries in ``requests`` batched requests, served as a provider serves them
+    (silos.provider: the budget checked before the computation, charged after), with no limit
+    and then with a budget of half their query slots."""
+    head = EncryptedLinearHead(task.coef, task.intercept)
+    k = task.coef.shape[1]
+    parts = [p for p in np.array_split(np.arange(len(task.Z)), requests) if len(p)]
+    costs = [query_capacity("batched", len(p), provider.slots) for p in parts]
+    rows = []
+    for limit in (None, sum(costs) // 2):
+        with tempfile.TemporaryDirectory() as state_dir:
+            budget = QueryBudget(state_dir, limit)
+            answered, correct, refused, bookkeeping = 0, 0, 0, 0.0
+            for part, cost in zip(parts, costs, strict=True):
+                blobs = encrypt_queries(querier, task.Z[part], path="batched", n_classes=k)
+                start = time.perf_counter()
+                try:
+                    budget.check("querier", cost)
+                except QueryBudgetExceeded:  # refused before any ciphertext is read
+                    refused += 1
+                    bookkeeping += time.perf_counter() - start
+                    continue
+                bookkeeping += time.perf_counter() - start
+                out = head.evaluate(provider, blobs, path="batched", n=len(part))
+                start = time.perf_counter()
+                budget.charge("querier", cost)  # a locked, fsynced write
+                bookkeeping += time.perf_counter() - start
+                logits = decrypt_logits(querier, out, path="batched", n=len(part), n_classes=k)
+                answered += len(part)
+                correct += int((logits.argmax(1) == task.labels[part]).sum())
+            rows.append({"query_budget": "unlimited" if limit is None else limit,
+                         "requests": len(parts), "queries": len(task.Z),
+                         "answered_requests": len(parts) - refused, "refused_requests": refused,
+                         "answered_queries": answered, "slots_charged": budget.used("querier"),
+                         "encrypted_accuracy_answered": round(correct / answered, 4) if answered
+                         else "", "bookkeeping_ms_per_request":
+                         round(1000 * bookkeeping / len(parts), 3)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def kits() -> tuple[CkksKit, CkksKit]:
+    """A querier's kit at the default parameters and the provider's from its public context."""
+    querier = CkksKit.generate(CKKSParams.from_config(load_config([]).he))
+    return querier, CkksKit.from_public(querier.public_bytes())
+
+
+def hardening_rows(task: Task, querier: CkksKit, provider: CkksKit, noises: list[float],
+                   top_ks: list[int], decimals: list[int], reps: int) -> list[dict]:
     serve(task, querier, provider, reps=1)  # warm-up: the first run pays one-off costs
     base, base_ms = serve(task, querier, provider, reps=reps)
     base_pred = base[0].argmax(1)
@@ -161,7 +212,6 @@ def hardening_rows(task: Task, noises: list[float], top_ks: list[int], decimals:
     options += [(f"top-{k}", "querier", {"policy": OutputPolicy(top_k=k)}) for k in top_ks]
     options += [(f"round to {d} decimals", "querier", {"policy": OutputPolicy(decimals=d)})
                 for d in decimals]
-    options += [("query budget, charged to its limit", "provider", {"budget": len(task.Z)})]
     rows = []
     for name, who, kwargs in options:
         logits, ms = (base, base_ms) if name == "none" else serve(task, querier, provider,
@@ -237,8 +287,26 @@ def attack_markdown(rows: list[dict], max_queries: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(task: Task, hardening: list[dict], extraction: list[dict], command: str,
-             load: str) -> str:
+def budget_markdown(rows: list[dict]) -> str:
+    lines = ["\n## The query budget, as the provider keeps it\n",
+             "The queries in batched requests, each charged its whole groups of N/2 query slots "
+             "(`crypto.query_capacity`), served with no limit and with a budget of half their "
+             "slots: a request past the budget is refused before any ciphertext is read. "
+             "Bookkeeping: the check before and the locked, fsynced charge after each request "
+             "(`silos/budget.py`). What a budget buys against extraction: the next table.\n",
+             "| query budget (slots) | requests | answered | refused | queries answered "
+             "| slots charged | encrypted acc (answered) | bookkeeping ms/request |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['encrypted_accuracy_answered']:.4f}" if r["answered_queries"] else "—"
+        lines.append(f"| {r['query_budget']} | {r['requests']} | {r['answered_requests']} | "
+                     f"{r['refused_requests']} | {r['answered_queries']} of {r['queries']} | "
+                     f"{r['slots_charged']} | {acc} | {r['bookkeeping_ms_per_request']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(task: Task, hardening: list[dict], budget: list[dict], extraction: list[dict],
+             command: str, load: str) -> str:
     logits = np.sort(task.Z @ task.coef + task.intercept, axis=1)
     lines = ["# Output hardening: cost and what it buys\n",
              f"Measured by `{command}` on {task.name}; machine load: `{load}.\n",
@@ -257,6 +325,7 @@ def markdown(task: Task, hardening: list[dict], extraction: list[dict], command:
         lines.append(f"| {r['option']} | {r['enforced_by']} | {r['encrypted_accuracy']:.4f} | "
                      f"{r['accuracy_change']:+.4f} | {r['agreement_with_unhardened']:.4f} | "
                      f"{r['ms_per_query']:.3f} | {r['ms_change']:+.3f} |")
+    lines.append(budget_markdown(budget))
     d = task.coef.shape[0]
     lines += ["", f"## Extraction of the head by least squares (d = {d}, so d + 1 = {d + 1} "
               "chosen queries determine a noiseless linear head)\n",
@@ -280,6 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decimals", type=int, nargs="+", default=[2, 1, 0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 10.0],
                         help="attacker budgets as multiples of d + 1")
+    parser.add_argument("--budget-requests", type=int, default=4,
+                        help="batched requests the queries go in, with and without a budget")
     parser.add_argument("--attack-queries", type=int, default=16,
                         help="queries each ciphertext attack may send before it is 'not reached'")
     parser.add_argument("--reps", type=int, default=5,
@@ -297,17 +368,22 @@ def main(argv: list[str] | None = None) -> int:
     task = synthetic_task() if args.synthetic else real_task(
         args.overrides or ["silos.carol=null"])
     print(f"task: {task.name}", flush=True)
-    hardening = hardening_rows(task, args.noise, args.top_k, args.decimals, args.reps)
+    querier, provider = kits()
+    hardening = hardening_rows(task, querier, provider, args.noise, args.top_k, args.decimals,
+                               args.reps)
+    budget = budget_rows(task, querier, provider, requests=args.budget_requests)
     extraction = extraction_rows(task, [0.0, *args.noise], args.budgets)
     attacks = attack_rows(task, [0.0, *args.noise[:1]], args.attack_queries)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "hardening.csv", hardening, HARDENING_COLUMNS)
+    write_csv(out / "budget.csv", budget, BUDGET_COLUMNS)
     write_csv(out / "extraction.csv", extraction, EXTRACTION_COLUMNS)
     write_csv(out / "attacks.csv", attacks, ATTACK_COLUMNS)
     load = f"{load_before}` at the start, `{_uptime()}` at the end"
     command = "python -m simulations.bench_hardening " + " ".join(argv or sys.argv[1:])
-    (out / "README.md").write_text(markdown(task, hardening, extraction, command.strip(), load)
+    (out / "README.md").write_text(markdown(task, hardening, budget, extraction, command.strip(),
+                                            load)
                                    + attack_markdown(attacks, args.attack_queries))
     print((out / "README.md").read_text())
     return 0

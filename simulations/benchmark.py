@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from conf import active_silos
-from silos.data import PACKAGED_DATASETS, MissingColumnError, TextDataset, load_corpus
+from silos.data import TextDataset, load_corpus, restated_as_config_keys
 from silos.saving import atomic_write
 
 OOD_NAME = "<ood>"  # the label of an added out-of-distribution text (no class of any task)
@@ -72,18 +72,10 @@ def task_name(corpus: str) -> str:
 
 def _corpus(name: str, key: str, **columns) -> TextDataset:
     """``load_corpus``, its errors restated as the config key to change."""
-    try:
+    keys = {columns.get("label_column", "label"): "dataset.label_column",
+            columns.get("text_column", "text"): "dataset.text_column"}
+    with restated_as_config_keys(name, key, keys):
         return load_corpus(name, **columns)
-    except MissingColumnError as err:
-        column_key = ("dataset.text_column" if err.column == columns.get("text_column", "text")
-                      else "dataset.label_column")
-        raise ValueError(f"{column_key}={err.column}: {name} has no column {err.column!r}; its "
-                         f"columns are {err.columns}: set {column_key} to one of them") from None
-    except (FileNotFoundError, ConnectionError) as err:
-        raise ValueError(f"{key}={name}: no packaged corpus, file or reachable Hugging Face "
-                         f"dataset ({err}); set {key} to a packaged corpus "
-                         f"({', '.join(PACKAGED_DATASETS)}), the path of a CSV file, or a Hugging "
-                         "Face dataset id") from None
 
 
 def benchmark_rows(cfg: DictConfig) -> tuple[dict[str, list[dict]], Split]:

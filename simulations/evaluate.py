@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from conf import CONF_DIR, load_config
+from conf import CONF_DIR, dotlist, load_config, refuse_unknown_keys
 from simulations.evaluation import classification, convergence, figures, tradeoffs
 from simulations.evaluation.embeddings import embed_lists, task_texts
 from simulations.tables import write_csv
@@ -34,14 +34,14 @@ EXPERIMENTS = ("classification", "convergence", "generation", "tradeoffs")
 
 
 def load_evaluation_config(overrides: list[str], quick: bool) -> DictConfig:
+    """conf/evaluation.yaml (its ``quick`` section merged over it for ``--quick``) with the
+    overrides, every key checked as ``conf.load_config`` checks the run config's."""
     base = OmegaConf.load(CONF_DIR / "evaluation.yaml")
     quick_section = base.pop("quick")
     if quick:
         base = OmegaConf.merge(base, quick_section)
-    cli = OmegaConf.from_dotlist(overrides)
-    for key in cli:
-        if key not in base:
-            raise KeyError(f"unknown key {key!r} (see conf/evaluation.yaml)")
+    cli = dotlist(overrides)
+    refuse_unknown_keys(cli, base, "conf/evaluation.yaml", open_keys=("classification.tasks",))
     return OmegaConf.merge(base, cli)
 
 

@@ -20,7 +20,7 @@ from silos.alignment import AffineMap
 from silos.head import LinearHead
 from silos.ood import OOD_LABEL, ood_metrics
 from silos.predictions import Predictions
-from silos.runtime import embed, load_source, public_space
+from silos.runtime import embed, public_space, query_texts
 from silos.settings import SiloSettings, node_settings
 from strategy.table import markdown_table
 
@@ -35,7 +35,7 @@ def pair_inputs(cfg: dict, pair: dict, node_configs: dict[str, dict] | None = No
             if node_configs else SiloSettings.from_config(config, name)
             for name in (pair["querier"], pair["provider"]))
     task = pair["task"]
-    queries = load_source(q.queries, f"silos.{q.name}.queries", labels="optional")
+    queries = query_texts(q)
     fitted = AffineMap.load(q.workdir / "maps" / f"{p.name}.safetensors")
     head = LinearHead.load(p.workdir / "heads" / f"{task}.safetensors")
     x_public, y_public = public_space(q), public_space(p)

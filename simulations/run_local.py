@@ -179,20 +179,15 @@ def check_models(settings: list[SiloSettings]) -> None:
 def check_data(settings: list[SiloSettings]) -> None:
     """Every data role loads: the same functions and checks the silos run (a second or two), so
     what passes here passes there."""
-    from silos.runtime import load_source
+    from silos.runtime import public_texts, querier_task, query_texts, task_tables
 
     for s in settings:
-        load_source(s.public, "public", labels="none")
+        public_texts(s)
         if s.role == "querier":
-            load_source(s.queries, f"silos.{s.name}.queries", labels="optional")
-            if s.task is None:
-                raise ValueError(f"silos.{s.name}.task is not set: name the task this querier "
-                                 "asks the providers for")
-        for task, source in s.tasks:
-            load_source(source, f"silos.{s.name}.tasks.{task}")
-        if s.role == "provider" and not s.tasks:
-            raise ValueError(f"provider {s.name!r} offers no task: set silos.{s.name}.tasks."
-                             "NAME.source to its labelled data")
+            query_texts(s)
+            querier_task(s)
+        else:
+            task_tables(s)
 
 
 def _server_app():

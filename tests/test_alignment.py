@@ -16,7 +16,7 @@ def noisy_affine(n=400, d_in=20, d_out=7, noise=0.01, seed=0):
 def test_recovers_known_affine_map_with_different_dims():
     X, Y, W, b = noisy_affine()
     fitted = AffineMap(alpha=1e-6).fit(X, Y)
-    assert fitted is not None and fitted.coef_.shape == (20, 7) and fitted.intercept_.shape == (7,)
+    assert fitted.coef_.shape == (20, 7) and fitted.intercept_.shape == (7,)
     np.testing.assert_allclose(fitted.coef_, W, atol=5e-3)
     np.testing.assert_allclose(fitted.intercept_, b, atol=5e-3)
     np.testing.assert_allclose(fitted.transform(X[:5]), X[:5] @ W + b, atol=0.05)

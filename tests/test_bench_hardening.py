@@ -2,7 +2,12 @@
 
 import csv
 
-from simulations.bench_hardening import EXTRACTION_COLUMNS, HARDENING_COLUMNS, main
+from simulations.bench_hardening import (
+    BUDGET_COLUMNS,
+    EXTRACTION_COLUMNS,
+    HARDENING_COLUMNS,
+    main,
+)
 
 
 def test_hardening_benchmark_on_synthetic_data(tmp_path):
@@ -13,11 +18,23 @@ def test_hardening_benchmark_on_synthetic_data(tmp_path):
     with (out / "hardening.csv").open() as f:
         rows = {r["option"]: r for r in csv.DictReader(f)}
     assert list(next(iter(rows.values()))) == HARDENING_COLUMNS
-    assert set(rows) == {"none", "noise std 0.5", "top-1", "round to 0 decimals",
-                         "query budget, charged to its limit"}
+    assert set(rows) == {"none", "noise std 0.5", "top-1", "round to 0 decimals"}
     assert float(rows["none"]["agreement_with_unhardened"]) == 1.0
     assert float(rows["top-1"]["agreement_with_unhardened"]) == 1.0  # top-k keeps the argmax
     assert float(rows["noise std 0.5"]["agreement_with_unhardened"]) < 1.0
+    with (out / "budget.csv").open() as f:
+        budget = list(csv.DictReader(f))
+    assert list(budget[0]) == BUDGET_COLUMNS
+    unlimited, half = budget
+    # 600 queries in 4 batched requests, each charged a whole group of 4,096 slots: with no limit
+    # all are answered; a budget of half the slots answers the first two and refuses the others.
+    assert (unlimited["query_budget"], unlimited["refused_requests"]) == ("unlimited", "0")
+    assert unlimited["answered_queries"] == "600" and unlimited["slots_charged"] == "16384"
+    assert (half["query_budget"], half["answered_requests"], half["refused_requests"]) == (
+        "8192", "2", "2")
+    assert half["answered_queries"] == "300" and half["slots_charged"] == "8192"
+    assert float(half["encrypted_accuracy_answered"]) > 0.5  # 4 classes: the head still works
+    assert "## The query budget" in (out / "README.md").read_text()
     with (out / "extraction.csv").open() as f:
         extraction = list(csv.DictReader(f))
     assert list(extraction[0]) == EXTRACTION_COLUMNS

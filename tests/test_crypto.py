@@ -112,6 +112,28 @@ def test_encrypting_beyond_the_declared_bound_is_refused(querier):
         querier.encrypt(np.array([np.nan]))
 
 
+def test_ciphertexts_at_another_level_or_scale_are_refused(querier):
+    """One odd ciphertext among a request's: refused before computing, by the head (both paths)
+    and by the fitting, rather than summed into garbage."""
+    head = EncryptedLinearHead(np.ones((2, 8)), np.zeros(8))  # K = 8: two copies per query
+    plan = head.plan(querier.slots)
+    kit = provider_kit(querier, plan.rotation_steps)
+    odd_scale = querier.encrypt(np.ones(2), scale_bits=PARAMS.input_scale_bits - 4)
+    odd_level = querier.encrypt(np.ones(2), first_level=True)
+    batched = encrypt_queries(querier, np.ones((1, 2)), path="batched", n_classes=8)
+    single = encrypt_queries(querier, np.ones((1, 2)), path="single", n_classes=8)
+    packing = CrossProductPacking.plan(3, 2, 2, querier.slots)
+    fit = packing.encrypt(querier, np.ones((3, 2)))
+    assert len(batched) == len(single) == plan.ciphertexts_per_query == len(fit) == 2
+    for odd in (odd_scale, odd_level):
+        with pytest.raises(ValueError, match="differ in level or scale"):
+            head.evaluate(kit, [batched[0], odd], path="batched", n=1)
+        with pytest.raises(ValueError, match="differ in level or scale"):
+            head.evaluate(kit, [single[0], odd], path="single", n=1)
+        with pytest.raises(ValueError, match="differ in level or scale"):
+            packing.multiply(kit, [fit[0], odd], np.ones((3, 2)))
+
+
 @pytest.mark.parametrize(("n", "d", "k"), [(1000, 37, 5), (4100, 20, 3)])
 def test_batched_head_matches_float64(querier, n, d, k):
     # d not a power of two; 4100 queries span two ciphertext groups.
@@ -211,3 +233,34 @@ def test_encrypted_fit_gives_the_plaintext_map(querier):
     rel = np.linalg.norm(encrypted.coef_ - plain.coef_) / np.linalg.norm(plain.coef_)
     assert rel <= 1e-4
     np.testing.assert_allclose(encrypted.intercept_, plain.intercept_, atol=1e-4)
+
+
+SHAPES = [(d, k) for d in (32, 48, 64, 384, 576, 640, 768, 4096, 5000) for k in (2, 3, 5, 10, 50)]
+
+
+def test_the_layout_constants_pick_what_the_calibrated_costs_would(monkeypatch):
+    """ENCRYPTION_COST and ROTATION_COST are constants of the protocol (both parties must plan the
+    same layout), not read from conf/cost_model.json; the costs it calibrated on this machine
+    must still choose the same layouts, or the constants (and the protocol) need another look."""
+    import crypto.fitting
+    import crypto.head
+    from conf import CONF_DIR, load_config
+    from crypto import CostModel
+
+    model = CostModel.load(CONF_DIR / str(load_config().serve.cost_model))
+    for params in (PARAMS, N16384):
+        seconds = model.calibration(params).seconds
+        plans = [SinglePlan(d, k, params.slots).copies for d, k in SHAPES]
+        packings = [CrossProductPacking.plan(n, d + 1, d_out, params.slots)
+                    for n in (120, 640, 2000) for d, _ in SHAPES for d_out in (64, 768)]
+        with monkeypatch.context() as patch:
+            patch.setattr(crypto.head, "ENCRYPTION_COST", seconds["encrypt"] / seconds["rotate"])
+            assert [SinglePlan(d, k, params.slots).copies for d, k in SHAPES] == plans
+        for cost in (4.0, seconds["rotate"] / seconds["multiply_add"], 30.0):
+            with monkeypatch.context() as patch:
+                patch.setattr(crypto.fitting, "ROTATION_COST", cost)
+                assert [CrossProductPacking.plan(p.n, p.d_in, p.d_out, p.slots)
+                        for p in packings] == packings
+    plans = [SinglePlan(d, k, PARAMS.slots).copies for d, k in SHAPES]
+    monkeypatch.setattr(crypto.head, "ENCRYPTION_COST", 2.5)  # what the check would catch
+    assert [SinglePlan(d, k, PARAMS.slots).copies for d, k in SHAPES] != plans

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from tiny import write_corpus
+from tiny import topic_texts, write_corpus
 
 from conf import load_config
 from silos.alignment import public_parts
@@ -34,7 +34,8 @@ def test_public_parts_hold_out_a_disjoint_share():
 def test_csv_corpus_loads_with_label_names(tmp_path):
     corpus = load_corpus(str(write_corpus(tmp_path / "c.csv", 50)))
     assert len(corpus) == 50 and corpus.label_names == ["politics", "sport", "tech"]
-    assert corpus.labels.min() >= 0 and corpus.labels.max() <= 2
+    texts, labels = topic_texts(50)  # what write_corpus wrote, row by row
+    assert corpus.texts == texts and [corpus.label_names[i] for i in corpus.labels] == labels
 
 
 def test_missing_csv_and_column_are_clear_errors(tmp_path):

@@ -45,8 +45,13 @@ def test_convergence_rows_improve_with_more_public_texts():
     ridge = {r["n_public"]: r for r in rows if r["method"] == "ridge" and r["model_a"] == "a"}
     assert ridge[500]["r2"] > ridge[20]["r2"] and ridge[500]["r2"] > 0.8
     assert ridge[500]["top1_retrieval"] > 0.9
-    for r in rows:
-        assert -1.0 <= r["cosine"] <= 1.0 and 0.0 <= r["top1_retrieval"] <= 1.0
+    for r in rows:  # a related space: every method maps most test texts onto their counterpart
+        assert r["cosine"] > 0.6 and r["top1_retrieval"] > 0.7, r
+    unrelated = convergence_rows({"a": X, "b": rng.normal(size=(700, 12))}, sizes=[500],
+                                 n_test=100, methods=["ridge", "lstsq", "procrustes"],
+                                 ridge_alphas=[0.01, 1.0], seed=0)
+    for r in unrelated:  # noise: nothing to map, retrieval at chance (1 in 100)
+        assert abs(r["cosine"]) < 0.1 and r["top1_retrieval"] < 0.1 and r["cka"] < 0.1, r
 
 
 def test_token_positions_pair_by_character_offsets():
@@ -85,8 +90,12 @@ def test_quick_config_drops_a_task_and_unknown_keys_are_refused():
     cfg = load_evaluation_config([], quick=True)
     assert [t for t, spec in cfg.classification.tasks.items() if spec is not None] == ["bbc-news"]
     assert load_evaluation_config(["models=[a,b]"], quick=False).models == ["a", "b"]
-    with pytest.raises(KeyError, match="unknown key"):
+    with pytest.raises(KeyError, match="unknown config key 'modles'"):
         load_evaluation_config(["modles=[a]"], quick=False)
+    with pytest.raises(KeyError, match=r"unknown config key 'classification\.n_publc'"):
+        load_evaluation_config(["classification.n_publc=5"], quick=True)
+    tasks = load_evaluation_config(["classification.tasks.news={dataset: bbc-news}"], quick=True)
+    assert "news" in tasks.classification.tasks  # a task of the user's own: a new name
 
 
 @pytest.mark.slow
@@ -107,21 +116,24 @@ def test_quick_suite_writes_sane_reports(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert {(r["querier_model"], r["provider_model"]) for r in summary["classification"]} == {
         ("minilm-l6", "smollm2-135m"), ("smollm2-135m", "minilm-l6")}
-    for row in summary["classification"]:
+    for row in summary["classification"]:  # BBC News, 5 topics: chance is 0.2
         assert row["status"] == "ok"
-        for key in ("native_accuracy", "aligned_accuracy", "encrypted_accuracy",
-                    "querier_own_accuracy", "unaligned_accuracy"):
-            assert 0.0 <= row[key] <= 1.0
+        # Each head classifies its own model's embeddings; through the map the provider's head
+        # classifies the querier's (full suite: 0.89-0.95); without it, near chance (0.14-0.30).
+        assert row["native_accuracy"] > 0.7 and row["querier_own_accuracy"] > 0.7, row
+        assert row["aligned_accuracy"] > 0.5 and row["unaligned_accuracy"] < 0.45, row
         assert row["agreement"] == 1.0 and row["max_abs_error"] <= 1e-3
         assert row["encrypted_accuracy"] == row["aligned_accuracy"]
     assert len(summary["ood"]) == 2 * 3
     for row in summary["ood"]:
-        assert all(0.0 <= row[k] <= 1.0 for k in ("auroc_native", "auroc_aligned",
-                                                  "auroc_encrypted", "fpr95_aligned"))
         assert row["auroc_encrypted"] == pytest.approx(row["auroc_aligned"], abs=0.02)
+        if row["score"] == "msp":  # tweets among news: told apart better than chance (full: 0.74+)
+            assert row["auroc_aligned"] > 0.6, row
     assert {r["method"] for r in summary["convergence"]} == {"ridge", "lstsq", "procrustes"}
-    for row in summary["convergence"]:
-        assert 0.0 <= row["cka"] <= 1.0 and 0.0 <= row["top1_retrieval"] <= 1.0
+    largest = max(r["n_public"] for r in summary["convergence"])
+    for row in summary["convergence"]:  # chance: 1 in n_test texts retrieved
+        if row["method"] == "ridge" and row["n_public"] == largest:
+            assert row["top1_retrieval"] > 2 / summary["config"]["convergence"]["n_test"], row
     generation = summary["generation"]
     # The quick run maps SmolLM2 onto itself: the map must reproduce its own predictions.
     assert generation["tokenizer_match_rate"] == 1.0

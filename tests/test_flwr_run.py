@@ -2,19 +2,14 @@
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 from tiny import tiny_overrides
 
+from deploy.local import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def superlinks() -> list[str]:

@@ -1,7 +1,5 @@
 """Fitted maps and heads are written atomically: a crash mid-write never leaves a partial file."""
 
-import json
-
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -60,18 +58,6 @@ def test_head_round_trip_and_kind_check(tmp_path):
     np.testing.assert_array_equal(loaded.coef_, head.coef_)
     with pytest.raises(ValueError, match="not a 'AffineMap'"):
         AffineMap.load(tmp_path / "head")
-
-
-def test_an_object_saved_as_a_folder_by_an_earlier_version_loads_and_is_replaced(tmp_path):
-    legacy = tmp_path / "map"
-    legacy.mkdir()
-    (legacy / "config.json").write_text(json.dumps({"kind": "AffineMap", "alpha": 1.0,
-                                                    "n_samples": 3}))
-    safetensors.numpy.save_file({"coef": np.eye(2), "intercept": np.zeros(2)},
-                                legacy / "arrays.safetensors")
-    assert AffineMap.load(legacy).n_samples_ == 3
-    fitted_map(2).save(legacy)
-    assert legacy.is_file() and AffineMap.load(legacy).n_samples_ == 40
 
 
 def test_atomic_write_removes_its_temporary_on_failure(tmp_path):

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from tiny import default_params, tiny_overrides, write_ood_corpus
 
 from conf import load_config
-from crypto import CkksKit
+from crypto import CkksKit, encrypt_queries
 from crypto.serialization import HEADER_BYTES, CiphertextError, load_into
+from protocol import Action, error_of, message_type, request_content
 from silos.alignment import AffineMap
 from silos.client_app import app as client_app
 from silos.predictions import Predictions
 from simulations.engine import simulate
+from simulations.evaluation.classification import unaligned_accuracy
 from simulations.report import build_report, pair_inputs
 from simulations.spy import load_messages, spying_client_app
 from strategy.server_app import run_coordinator
@@ -74,11 +76,16 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
-    _, report, _ = tiny_run
+    out, report, _ = tiny_run
     pairs = report["pairs"]
     assert {(p["querier"], p["provider"]) for p in pairs} == {("alice", "bob"), ("alice", "carol")}
     # The run's id reached run.json and every silo's messages.jsonl lines: the report keeps them.
-    assert report["run_id"] is not None and set(report["memory"]) == {"alice", "bob", "carol"}
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    assert isinstance(run_id, int) and report["run_id"] == run_id
+    for silo in ("alice", "bob", "carol"):
+        lines = (out / "silos" / silo / "messages.jsonl").read_text().splitlines()
+        assert lines and {json.loads(line)["run_id"] for line in lines} == {run_id}, silo
+    assert set(report["memory"]) == {"alice", "bob", "carol"}
     for pair in pairs:
         assert pair["status"] == "ok", pair.get("error")
         assert pair["agreement"] == 1.0
@@ -93,6 +100,11 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
         # Three topics: chance is 1/3; the provider's head on its own embeddings, and through the
         # map, classify above it (the tiny random llama least: 0.57 native, 0.44 through the map).
         assert pair["native_accuracy"] > 0.5 and pair["encrypted_accuracy"] > 0.4
+        # Without the map the provider's head sees the querier's embeddings as they are (zero
+        # padded to its width): chance (measured 0.23 and 0.37).
+        assert unaligned_accuracy(report["config"], pair) < 0.45
+    # Through the map the two BERTs agree on every topic (1.0 measured), far above it.
+    assert next(p for p in pairs if p["provider"] == "bob")["encrypted_accuracy"] > 0.9
 
 
 def test_ood_scores_from_decrypted_logits_match_plaintext(tiny_run):
@@ -247,160 +259,204 @@ def test_held_out_classes_become_ood_queries(tmp_path):
                                                             abs=0.01)
 
 
-def test_bad_requests_get_error_replies_and_the_silos_keep_serving(tmp_path):
-    """Bad input at every boundary of a running silo is answered with a named error, and the silo
-    answers the next valid request: before the protocol (nothing prepared, no map), then after it
-    — malformed, truncated and foreign-key ciphertexts, a wrong dimension, an oversized batch, an
-    unknown action, an unknown pair, NaN in a request and in the embeddings — and a querier whose
-    query budget is spent is refused while the other silo keeps serving."""
-    import tenseal  # noqa: F401  (SEAL must be importable in the ServerApp's thread)
-    from safetensors.numpy import save_file
+# -- bad requests at every boundary of a running silo: one simulation, named cases ---------------
+# Each bad request is answered with a named error, and the silo answers the next valid request:
+# before the protocol (nothing prepared, no map), then after it (malformed, truncated and
+# foreign-key ciphertexts, a wrong dimension, an oversized batch, an unknown action, an unknown
+# pair, NaN in a request and in the embeddings), and a querier whose query budget is spent is
+# refused while the silo keeps serving. One Flower simulation sends them all (~1 min); each case
+# below reads its own request's outcome.
 
-    from crypto import encrypt_queries
-    from protocol import Action, error_of, message_type, request_content
+D_BOB = 64  # the tiny provider model's width (tiny.save_tiny_models: bert64)
 
-    errors: dict[str, str] = {}
-    valid_after: dict[str, str | None] = {}
+BEFORE_THE_PROTOCOL = {  # what the error names
+    "evaluate before prepare": "LookupError",
+    "querier action at a provider": "PermissionError",
+    "encrypt before a map": "LookupError",
+    "no request record": "no 'request' record",
+}
+AFTER_THE_PROTOCOL = {
+    "truncated ciphertext": "CiphertextError",
+    "bit-flipped ciphertext": "checksum mismatch",
+    "ciphertexts under another key": "another key",
+    "wrong dimension": f"expected {D_BOB} query ciphertexts",
+    "oversized batch": "max_request_queries",
+    "unknown action": "flower error",
+    "unknown provider": "no map fitted for provider 'nobody'",
+    "unknown querier": "no public context from querier 'eve'",
+    "queries out of range": "IndexError",
+    "NaN bound": "x_bound",
+    "NaN embeddings": "NaN or inf",
+}
 
-    def ask(grid, node, action, request, kind=None):
-        content = request_content(request) if request is not None else RecordDict()
-        message = Message(content, dst_node_id=node,
-                          message_type=kind or message_type(action))
-        (reply,) = grid.send_and_receive([message], timeout=60)
-        return reply
 
+def _ask(grid, node, action, request, kind=None):
+    """One request to one node, as the coordinator sends it; its reply."""
+    content = request_content(request) if request is not None else RecordDict()
+    message = Message(content, dst_node_id=node, message_type=kind or message_type(action))
+    (reply,) = grid.send_and_receive([message], timeout=60)
+    return reply
+
+
+class _Serving:
+    """One valid single-path query through both silos, as the coordinator would send it."""
+
+    def __init__(self, grid, alice: int, bob: int) -> None:
+        self.grid, self.alice, self.bob = grid, alice, bob
+        info = _ask(grid, bob, Action.DESCRIBE, {}).content["reply"]
+        self.task = info["tasks"][0]
+        self.n_classes = len(info[f"classes.{self.task}"])
+        self.plan = {"provider": "bob", "task": self.task,
+                     "classes": list(info[f"classes.{self.task}"]),
+                     "head": info[f"head.{self.task}"], "batch_size": 1}
+        self.request: dict = {}
+        self.reply: dict = {}
+
+    def round(self) -> str | None:
+        """None, or the first error of the round."""
+        enc = _ask(self.grid, self.alice, Action.ENCRYPT, {
+            "provider": "bob", "start": 0, "stop": 1, "path": "single",
+            "n_classes": self.n_classes, "with_context": True, "rotations": True})
+        if error_of(enc):
+            return error_of(enc)
+        batch = enc.content["reply"]
+        self.request = {"querier": "alice", "task": self.task, "path": "single", "n": 1,
+                        "ciphertexts": list(batch["ciphertexts"]), "context": batch["context"]}
+        ev = _ask(self.grid, self.bob, Action.EVALUATE, self.request)
+        if error_of(ev):
+            return error_of(ev)
+        self.reply = ev.content["reply"]
+        plan = _ask(self.grid, self.alice, Action.PLAN, self.plan)
+        if error_of(plan):
+            return error_of(plan)
+        return error_of(_ask(self.grid, self.alice, Action.DECRYPT, {
+            **self.plan, "start": 0, "n": 1, "path": "single", "n_classes": self.n_classes,
+            "ciphertexts": list(ev.content["reply"]["ciphertexts"])}))
+
+
+def _after_the_protocol(serving: _Serving) -> dict[str, tuple]:
+    """(node, action, request) of each bad request sent once the protocol has run."""
+    good, alice, bob, k = serving.request, serving.alice, serving.bob, serving.n_classes
+    flipped = bytearray(good["ciphertexts"][0])
+    flipped[len(flipped) // 2] ^= 4
+    stranger = CkksKit.generate(default_params())
+    return {
+        "truncated ciphertext": (bob, Action.EVALUATE, {
+            **good, "ciphertexts": [c[: len(c) // 3] for c in good["ciphertexts"]]}),
+        "bit-flipped ciphertext": (bob, Action.EVALUATE, {
+            **good, "ciphertexts": [bytes(flipped), *good["ciphertexts"][1:]]}),
+        "ciphertexts under another key": (bob, Action.EVALUATE, {
+            **good, "ciphertexts": encrypt_queries(stranger, np.zeros((1, D_BOB)), path="single",
+                                                   n_classes=k)}),
+        "wrong dimension": (bob, Action.EVALUATE, {
+            "querier": "alice", "task": serving.task, "path": "batched", "n": 1,
+            "ciphertexts": encrypt_queries(stranger, np.zeros((1, D_BOB - 1)), path="batched",
+                                           n_classes=k)}),
+        "oversized batch": (bob, Action.EVALUATE, {**good, "n": 10**6}),
+        "unknown action": (bob, None, {}),
+        "unknown provider": (alice, Action.ENCRYPT, {
+            "provider": "nobody", "start": 0, "stop": 1, "path": "batched", "n_classes": k}),
+        "unknown querier": (bob, Action.EVALUATE, {
+            key: v for key, v in {**good, "querier": "eve"}.items() if key != "context"}),
+        "queries out of range": (alice, Action.ENCRYPT, {
+            "provider": "bob", "start": 0, "stop": 10**6, "path": "batched", "n_classes": k}),
+        "NaN bound": (bob, Action.CROSS_PRODUCTS, {
+            "querier": "alice", "d_in": 33, "x_bound": float("nan"), "fit": [b"x"]}),
+    }
+
+
+def _bad_request_app(cache_dir, errors: dict[str, str],
+                     valid_after: dict[str, str | None]) -> ServerApp:
+    """A ServerApp that sends every bad request, and a valid round after each, recording both."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = {}
         while len(list(grid.get_node_ids())) < 2:  # the simulated SuperNodes register in turn
             time.sleep(0.1)
-        for node in grid.get_node_ids():
-            nodes[str(ask(grid, node, Action.DESCRIBE, {}).content["reply"]["silo"])] = node
+        nodes = {str(_ask(grid, node, Action.DESCRIBE, {}).content["reply"]["silo"]): node
+                 for node in grid.get_node_ids()}
         alice, bob = nodes["alice"], nodes["bob"]
         before = {
-            "evaluate before prepare": (bob, Action.EVALUATE,
-                                        {"querier": "alice", "task": "corpus",
-                                         "ciphertexts": [b"junk"], "path": "batched", "n": 1}),
+            "evaluate before prepare": (bob, Action.EVALUATE, {
+                "querier": "alice", "task": "corpus", "ciphertexts": [b"junk"],
+                "path": "batched", "n": 1}),
             "querier action at a provider": (bob, Action.ENCRYPT, {}),
-            "encrypt before a map": (alice, Action.ENCRYPT,
-                                     {"provider": "bob", "start": 0, "stop": 1, "path": "batched",
-                                      "n_classes": 2}),
+            "encrypt before a map": (alice, Action.ENCRYPT, {
+                "provider": "bob", "start": 0, "stop": 1, "path": "batched", "n_classes": 2}),
             "no request record": (alice, Action.UPLOAD, None),
         }
         for name, (node, action, request) in before.items():
-            errors[name] = error_of(ask(grid, node, action, request)) or ""
+            errors[name] = error_of(_ask(grid, node, action, request)) or ""
         run_coordinator(grid, load_config(context.run_config["overrides"]))
 
-        info = ask(grid, bob, Action.DESCRIBE, {}).content["reply"]
-        task = info["tasks"][0]
-        n_classes = len(info[f"classes.{task}"])
-        serving = {"provider": "bob", "task": task, "classes": list(info[f"classes.{task}"]),
-                   "head": info[f"head.{task}"], "batch_size": 1}
-        last = {}
-
-        def valid_round() -> str | None:
-            """One query through both silos (single path), as the coordinator would send it."""
-            enc = ask(grid, alice, Action.ENCRYPT, {
-                "provider": "bob", "start": 0, "stop": 1, "path": "single",
-                "n_classes": n_classes, "with_context": True, "rotations": True})
-            if error_of(enc):
-                return error_of(enc)
-            batch = enc.content["reply"]
-            last["request"] = {"querier": "alice", "task": task, "path": "single", "n": 1,
-                               "ciphertexts": list(batch["ciphertexts"]),
-                               "context": batch["context"]}
-            ev = ask(grid, bob, Action.EVALUATE, last["request"])
-            if error_of(ev):
-                return error_of(ev)
-            last["evaluate"] = ev.content["reply"]
-            plan = ask(grid, alice, Action.PLAN, serving)
-            if error_of(plan):
-                return error_of(plan)
-            dec = ask(grid, alice, Action.DECRYPT, {
-                **serving, "start": 0, "n": 1, "path": "single", "n_classes": n_classes,
-                "ciphertexts": list(ev.content["reply"]["ciphertexts"])})
-            return error_of(dec)
-
-        assert valid_round() is None
-        good = last["request"]
-        flipped = bytearray(good["ciphertexts"][0])
-        flipped[len(flipped) // 2] ^= 4
-        stranger = CkksKit.generate(default_params())
-        d_bob = 64
-        after = {
-            "truncated ciphertext": (bob, Action.EVALUATE, {
-                **good, "ciphertexts": [c[: len(c) // 3] for c in good["ciphertexts"]]}),
-            "bit-flipped ciphertext": (bob, Action.EVALUATE, {
-                **good, "ciphertexts": [bytes(flipped), *good["ciphertexts"][1:]]}),
-            "ciphertexts under another key": (bob, Action.EVALUATE, {
-                **good, "ciphertexts": encrypt_queries(stranger, np.zeros((1, d_bob)),
-                                                       path="single", n_classes=n_classes)}),
-            "wrong dimension": (bob, Action.EVALUATE, {
-                "querier": "alice", "task": task, "path": "batched", "n": 1,
-                "ciphertexts": encrypt_queries(stranger, np.zeros((1, d_bob - 1)),
-                                               path="batched", n_classes=n_classes)}),
-            "oversized batch": (bob, Action.EVALUATE, {**good, "n": 10**6}),
-            "unknown action": (bob, None, {}),
-            "unknown provider": (alice, Action.ENCRYPT, {
-                "provider": "nobody", "start": 0, "stop": 1, "path": "batched",
-                "n_classes": n_classes}),
-            "unknown querier": (bob, Action.EVALUATE, {
-                k: v for k, v in {**good, "querier": "eve"}.items() if k != "context"}),
-            "queries out of range": (alice, Action.ENCRYPT, {
-                "provider": "bob", "start": 0, "stop": 10**6, "path": "batched",
-                "n_classes": n_classes}),
-            "NaN bound": (bob, Action.CROSS_PRODUCTS, {
-                "querier": "alice", "d_in": 33, "x_bound": float("nan"), "fit": [b"x"]}),
-        }
-        for name, (node, action, request) in after.items():
+        serving = _Serving(grid, alice, bob)
+        valid_after["the first round"] = serving.round()
+        for name, (node, action, request) in _after_the_protocol(serving).items():
             kind = "query.no_such_action" if action is None else None
-            errors[name] = error_of(ask(grid, node, action, request, kind)) or ""
-            valid_after[name] = valid_round()
+            errors[name] = error_of(_ask(grid, node, action, request, kind)) or ""
+            valid_after[name] = serving.round()
         # NaN in the embeddings: poison the embedding cache, then ask alice to prepare again.
-        for cached in (tmp_path / "cache" / "embeddings").glob("*.safetensors"):
+        for cached in (cache_dir / "embeddings").glob("*.safetensors"):
             array = load_file(cached)["embeddings"]
             save_file({"embeddings": np.full_like(array, np.nan)}, cached)
-        errors["NaN embeddings"] = error_of(ask(grid, alice, Action.PREPARE, {})) or ""
-        valid_after["NaN embeddings"] = valid_round()
+        errors["NaN embeddings"] = error_of(_ask(grid, alice, Action.PREPARE, {})) or ""
+        valid_after["NaN embeddings"] = serving.round()
         # Spend the budget: then bob refuses alice, and still answers everything else.
-        while last["evaluate"]["budget_left"] > 0:
-            assert valid_round() is None
-        errors["budget spent"] = error_of(ask(grid, bob, Action.EVALUATE, good)) or ""
-        valid_after["budget spent"] = error_of(ask(grid, bob, Action.DESCRIBE, {}))
+        spending = None
+        while spending is None and serving.reply["budget_left"] > 0:
+            spending = serving.round()
+        valid_after["spending the budget"] = spending
+        errors["budget spent"] = error_of(_ask(grid, bob, Action.EVALUATE, serving.request)) or ""
+        valid_after["budget spent"] = error_of(_ask(grid, bob, Action.DESCRIBE, {}))
 
-    out = tmp_path / "out"
-    overrides = [*tiny_overrides(tmp_path, n_texts=200, n_public=80, n_private=60, n_query=20),
+    return app
+
+
+@pytest.fixture(scope="module")
+def bad_requests(tmp_path_factory):
+    """The outcomes of one simulation that sends every bad request: by case name its error and
+    the valid round after it (None: answered), and run.json."""
+    import tenseal  # noqa: F401  (SEAL must be importable in the ServerApp's thread)
+
+    root = tmp_path_factory.mktemp("bad")
+    errors: dict[str, str] = {}
+    valid_after: dict[str, str | None] = {}
+    overrides = [*tiny_overrides(root, n_texts=200, n_public=80, n_private=60, n_query=20),
                  "silos.carol=null", "silos.bob.policy.query_budget=40",
                  "serve.path=single",  # one budget unit per query (the batched path costs 4,096)
                  "silos.bob.policy.max_request_queries=64",
                  "alignment.cosine=true"]  # alice asks for the cosine round; bob's policy refuses it
-    simulate(app, client_app, num_silos=2, overrides=overrides)
-    assert "LookupError" in errors["evaluate before prepare"]
-    assert "PermissionError" in errors["querier action at a provider"]
-    assert "LookupError" in errors["encrypt before a map"]
-    assert "no 'request' record" in errors["no request record"]
-    run = json.loads((out / "run.json").read_text())
-    assert [p["status"] for p in run["pairs"]] == ["ok"]
-    assert run["pairs"][0]["queries_charged"] == 20
+    simulate(_bad_request_app(root / "cache", errors, valid_after), client_app, num_silos=2,
+             overrides=overrides)
+    run = json.loads((root / "out" / "run.json").read_text())
+    return {"errors": errors, "valid_after": valid_after, "run": run}
+
+
+@pytest.mark.parametrize("case", BEFORE_THE_PROTOCOL)
+def test_a_request_before_the_protocol_is_refused_by_name(bad_requests, case):
+    assert BEFORE_THE_PROTOCOL[case] in bad_requests["errors"][case], bad_requests["errors"][case]
+
+
+def test_the_protocol_runs_after_the_early_bad_requests(bad_requests):
+    (pair,) = bad_requests["run"]["pairs"]
+    assert pair["status"] == "ok", pair.get("error")
+    assert pair["queries_charged"] == 20
     # bob's policy does not allow the cosine round: the coordinator does not ask it, the pair is
     # fine without it.
-    assert math.isnan(run["pairs"][0]["cosine"]) and not math.isnan(run["pairs"][0]["r2"])
-    expected = {
-        "truncated ciphertext": "CiphertextError",
-        "bit-flipped ciphertext": "checksum mismatch",
-        "ciphertexts under another key": "another key",
-        "wrong dimension": "expected 64 query ciphertexts",
-        "oversized batch": "max_request_queries",
-        "unknown action": "flower error",
-        "unknown provider": "no map fitted for provider 'nobody'",
-        "unknown querier": "no public context from querier 'eve'",
-        "queries out of range": "IndexError",
-        "NaN bound": "x_bound",
-        "NaN embeddings": "NaN or inf",
-        "budget spent": "QueryBudgetExceeded",
-    }
-    for name, fragment in expected.items():
-        assert fragment in errors[name], (name, errors[name])
-        assert valid_after[name] is None, (name, valid_after[name])
+    assert math.isnan(pair["cosine"]) and not math.isnan(pair["r2"])
+    assert bad_requests["valid_after"]["the first round"] is None  # a valid round goes through
+
+
+@pytest.mark.parametrize("case", AFTER_THE_PROTOCOL)
+def test_a_bad_request_gets_a_named_error_and_the_silo_serves_the_next(bad_requests, case):
+    error = bad_requests["errors"][case]
+    assert AFTER_THE_PROTOCOL[case] in error, (case, error)
+    assert bad_requests["valid_after"][case] is None, (case, bad_requests["valid_after"][case])
+
+
+def test_a_spent_budget_is_refused_and_the_provider_still_answers(bad_requests):
+    outcomes = bad_requests["valid_after"]
+    assert outcomes["spending the budget"] is None  # every query up to the budget was answered
+    assert "QueryBudgetExceeded" in bad_requests["errors"]["budget spent"]
+    assert outcomes["budget spent"] is None  # and bob still answers alice's other requests

@@ -106,6 +106,17 @@ def tiny_overrides(root: Path, *, n_texts: int, n_public: int, n_private: int, n
     ]
 
 
+def encoder_spec(model: str = "model", **options):
+    """How conf/default.yaml's encoder section embeds with ``model``, ``options`` on top (as a
+    silo's own keys): an in-memory model states nothing of its own."""
+    from conf import load_config
+    from silos.encoder_spec import EncoderSpec
+
+    cfg = load_config()
+    return EncoderSpec.from_config(cfg.encoder, model, options,
+                                   cache_dir=Path(str(cfg.run.cache_dir)).expanduser())
+
+
 def default_params(preset: str = "n8192"):
     """The CKKS parameters of a preset in conf/he/ (the one home of their values)."""
     from conf import load_config

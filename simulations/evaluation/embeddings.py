@@ -30,12 +30,15 @@ def task_texts(task: str, ood: str | None, *, n_public: int, n_private: int, n_q
             for part, role in (("public", "public"), ("private", "task"), ("query", "queries"))}
 
 
-def encoder_spec(model: str) -> EncoderSpec:
-    encoder = load_config().encoder
-    return EncoderSpec(model=model, pooling=str(encoder.pooling), max_length=int(encoder.max_length),
-                       batch_size=int(encoder.batch_size), normalize=bool(encoder.normalize))
+def encoder_spec(model: str, cache_dir: Path | None = None) -> EncoderSpec:
+    """How a silo of ``model`` embeds, with conf/default.yaml's encoder section (as the
+    classification simulations ran it); ``cache_dir`` None: its ``run.cache_dir``."""
+    cfg = load_config()
+    cache_dir = Path(str(cfg.run.cache_dir) if cache_dir is None else cache_dir).expanduser()
+    return EncoderSpec.from_config(cfg.encoder, model, cache_dir=cache_dir)
 
 
 def embed_lists(model: str, lists: dict[str, list[str]], cache_dir: Path) -> dict[str, np.ndarray]:
-    spec, cache_dir = encoder_spec(model), Path(cache_dir).expanduser()
+    cache_dir = Path(cache_dir).expanduser()
+    spec = encoder_spec(model, cache_dir)
     return {name: embed(spec, texts, cache_dir) for name, texts in lists.items() if texts}

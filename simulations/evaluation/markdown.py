@@ -138,27 +138,35 @@ def _tradeoffs(summary: dict) -> list[str]:
 
 
 def _preset_choice(rows: list[dict]) -> list[str]:
-    """Why the default preset: its cost against the others, from this sweep's rows."""
-    single = [r for r in rows if r["path"] == "single" and r.get("input_scale_bits") == 25]
+    """Why the default preset (conf/default.yaml's he.preset): its cost against the others at its
+    own input scale, from this sweep's rows."""
+    from conf import load_config
+
+    he = load_config().he
+    n, scale = int(he.poly_modulus_degree), int(he.input_scale_bits)
+    single = [r for r in rows if r["path"] == "single" and r.get("input_scale_bits") == scale]
     by_n = {}
     for r in single:
         by_n.setdefault(r["N"], []).append(r["latency_ms_per_query"])
-    if 8192 not in by_n:
+    if n not in by_n:
         return []
-    base = sum(by_n[8192]) / len(by_n[8192])
+    base = sum(by_n[n]) / len(by_n[n])
     errors: dict[int, float] = {}
     for r in rows:
-        if r["path"] == "single" and r.get("N") == 8192:
+        if r["path"] == "single" and r.get("N") == n:
             bits = r["input_scale_bits"]
             errors[bits] = max(errors.get(bits, 0.0), r["max_abs_error"])
     scales = ", ".join(f"2^{b}: {e:.0e}" for b, e in sorted(errors.items()))
-    others = "; ".join(f"N={n} ({next(r['security_bits'] for r in single if r['N'] == n)}-bit) "
-                       f"{sum(v) / len(v) / base:.1f}× its latency" for n, v in sorted(by_n.items())
-                       if n != 8192)
-    return [f"The default preset is `n8192` (N=8192, moduli 60-40-60, 128-bit): the smallest ring "
-            f"that holds both the encrypted fit (two data primes) and the query product at 2^25 "
-            f"with errors far below 1e-3; {others or 'no larger preset measured'}. Query scales at "
-            f"N=8192 (single path, max |err| over dims): {scales}.", ""]
+    others = "; ".join(f"N={m} ({next(r['security_bits'] for r in single if r['N'] == m)}-bit) "
+                       f"{sum(v) / len(v) / base:.1f}× its latency" for m, v in sorted(by_n.items())
+                       if m != n)
+    chain = "-".join(str(b) for b in he.coeff_mod_bit_sizes)
+    return [f"The default preset is `{he.preset}` (N={n}, moduli {chain}, "
+            f"{next(r['security_bits'] for r in single if r['N'] == n)}-bit): the smallest ring that "
+            f"holds both the encrypted fit (all {len(he.coeff_mod_bit_sizes) - 1} data primes) and "
+            f"the query product at 2^{scale} with errors far below 1e-3; "
+            f"{others or 'no larger preset measured'}. Query scales at N={n} (single path, max "
+            f"|err| over dims): {scales}.", ""]
 
 
 def render(summary: dict) -> str:
