@@ -1,6 +1,6 @@
 """Each organisation's own data: three sources, align once and serve many, predictions out, resume,
 providers chosen by task. The tiny models; one Flower simulation, the other runs over the silos'
-own handler in this process (:mod:`local_grid`: no Ray, the same coordinator and silos)."""
+own handler in this process (:mod:`simulations.local_grid`: no Ray, the same coordinator and silos)."""
 
 import csv
 import json
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
-from local_grid import coordinate
 from tiny import FILLER, save_tiny_models, topic_texts, write_corpus
 
 from protocol import Action
 from simulations.engine import simulate
+from simulations.local_grid import coordinate
 from simulations.report import build_report
 from strategy.server_app import app as server_app
 

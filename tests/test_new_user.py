@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from local_grid import coordinate
 from omegaconf import OmegaConf
 from tiny import write_corpus
 
@@ -19,6 +18,7 @@ from protocol import Action, error_silo, message_type, request_content
 from silos.client_app import handle
 from silos.registry import PACKAGED_MODELS, ModelNotFoundError, check_model, resolve_model
 from simulations import run_local
+from simulations.local_grid import coordinate
 from simulations.report import build_report, memory_by_silo, render_markdown
 
 
