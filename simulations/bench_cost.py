@@ -428,9 +428,13 @@ def _fmt(value, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _num(x: float) -> str:
+    """Three significant figures, without an exponent."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _mib(n: float) -> str:
-    mib = n / 2**20
-    return f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
+    return _num(n / 2**20)
 
 
 def markdown(result: dict) -> str:
@@ -486,7 +490,7 @@ def markdown(result: dict) -> str:
                 f"| {r['wall_s']:.1f} "
                 f"| {r['prepare_s']:.2f} | {r['align_s']:.1f} | {r['serve_s']:.1f} "
                 f"| {_mib(r['align_bytes'])} | {_mib(r['serve_bytes'])} "
-                f"| {r['serve_ms_per_query']:.3g} | {r['serve_bytes_per_query'] / 1024:.3g} "
+                f"| {_num(r['serve_ms_per_query'])} | {_num(r['serve_bytes_per_query'] / 1024)} "
                 f"| {r['rounds']} ({r['align_rounds']} / {r['serve_rounds']}) | {r['messages']} "
                 f"| {r['maps']} | {r['paths']} | {r['loadavg_after']} |")
         if axis == "queries" and result.get("base_run"):
