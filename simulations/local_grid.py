@@ -29,7 +29,7 @@ class LocalGrid:
         configs = node_configs or [{"partition-id": i, "num-partitions": n_silos}
                                    for i in range(n_silos)]
         self.app = app
-        self.rounds = self.messages = 0
+        self.round_count = self.message_count = 0
         self.contexts = {
             7_000_000 + 37 * i: Context(
                 run_id=run_id, node_id=7_000_000 + 37 * i, node_config=config,
@@ -40,10 +40,10 @@ class LocalGrid:
         return list(self.contexts)
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        self.rounds += 1
+        self.round_count += 1
         replies = []
         for message in messages:
-            self.messages += 1
+            self.message_count += 1
             message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the SuperLink does
             try:
                 replies.append(self.app(message, self.contexts[message.metadata.dst_node_id]))
