@@ -211,6 +211,34 @@ def align_once(s: Section) -> list[str] | None:
     return [f"**Align once, serve many** ({link}): " + "; ".join(parts) + "."]
 
 
+def rounds(s: Section) -> list[str] | None:
+    """Pairs side by side (deployment) and serving at full batches (simulation)."""
+    pairs_file, serve_file = s.reports / "pairs" / "pairs.json", s.reports / "serve" / "serve.json"
+    parts = []
+    if pairs_file.exists():
+        r = json.loads(pairs_file.read_text())
+        one, *_, last = sorted(r["rows"], key=lambda x: x["providers"])
+        loads = [x[0] for x in r["load_average"]]
+        link = f"[{s.link(pairs_file.parent)}]({s.link(pairs_file.parent / 'report.md')})"
+        parts.append(
+            f"in the deployment, {last['providers']} providers align in "
+            f"{last['align_s'] / one['align_s']:.2f}× the wall time of one and in the same "
+            f"{last['pair_rounds']} rounds, and a stream costs "
+            f"{(last['serve_rounds'] - 2) / last['batches']:.0f} rounds a batch after 2 to start "
+            f"(`{r['command'].strip()}`; load average {min(loads):.1f}–{max(loads):.1f}; {link})")
+    if serve_file.exists():
+        r = json.loads(serve_file.read_text())
+        link = f"[{s.link(serve_file.parent)}]({s.link(serve_file.parent / 'report.md')})"
+        parts.append(
+            f"in the simulation at batches of {r['batch_size']:,}, the coordinator's serve wall "
+            f"time is {r['ratio']:.2f}× the silos' compute ({r['wall_ms_per_query']:.2f} against "
+            f"{r['compute_ms_per_query']:.2f} ms per query; `{r['command']}`; load average "
+            f"{r['load_average'][0]:.1f}; {link})")
+    if not parts:
+        return None
+    return ["**Rounds**, all pairs at once and a pipelined serving: " + "; ".join(parts) + "."]
+
+
 def encoders(s: Section) -> list[str] | None:
     folder = s.reports / "encoders"
     if not (folder / "speed.csv").exists():
@@ -299,7 +327,7 @@ def _current_chain() -> list[int] | None:
         return None
 
 
-SECTIONS = (crypto, cost, align_once, encoders, evaluation)
+SECTIONS = (crypto, cost, rounds, align_once, encoders, evaluation)
 
 
 # -- the block --------------------------------------------------------------------------------------------
