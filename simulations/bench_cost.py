@@ -449,6 +449,10 @@ def markdown(result: dict) -> str:
         f"{about['seconds']:.0f} s in all, {about.get('cpu_seconds', float('nan')):.0f} CPU "
         "seconds of this process and its helper processes). Each row's own load average and CPU "
         "seconds are in `cost.csv`.",
+        *(f"The {axis} axis was measured again by `{again['command']}` on {again['date']} (load "
+          f"average {again['loadavg_before']} before, {again['loadavg_after']} after), after the "
+          "coordinator began running pairs side by side; its rows are that run's."
+          for axis, again in about.get("remeasured", {}).items()),
         "",
         f"- **Encoders**: {about['encoder']}",
         f"- **Protocol**: {about['protocol']}",
@@ -673,6 +677,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=5, help="K, the task's classes")
     parser.add_argument("--n-private", type=int, help="the providers' labelled texts (default 400)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge-into", type=Path, metavar="DIR",
+                        help="replace the axes of DIR/cost.json with those of --out/cost.json "
+                             "(an axis measured again) and write DIR's report anew")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: rewrite cost.csv, report.md and cost.png from "
                              "--out's cost.json (its command and figures unchanged)")
@@ -692,6 +699,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.merge_into is not None:  # this run's axes replace those of a saved full run
+        measured = json.loads((args.out / "cost.json").read_text())
+        result = json.loads((args.merge_into / "cost.json").read_text())
+        axes = set(measured["about"]["axes"])
+        result["points"] = [p for p in result["points"] if p["axis"] not in axes] + [
+            p for p in measured["points"] if p["axis"] in axes]
+        about = measured["about"]
+        result["about"].setdefault("remeasured", {}).update(
+            {axis: {k: about[k] for k in ("command", "date", "loadavg_before", "loadavg_after")}
+             for axis in axes})
+        result["exponents"] = exponents(result["points"])
+        write_outputs(result, args.merge_into)
+        return 0
     if args.render:
         result = json.loads((args.out / "cost.json").read_text())
         result["exponents"] = exponents(result["points"])

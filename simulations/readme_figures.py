@@ -183,7 +183,9 @@ def cost(s: Section) -> list[str] | None:
             f"| providers, {first['value']} … {r['value']} | whole run "
             f"| {exponent('providers', 'wall_s')} | {exponent('providers', 'total_bytes')} "
             f"| {_g(r['wall_s'])} s, {_g(r['total_bytes'] / 2**20)} MiB; Grid rounds "
-            f"{first['rounds']} → {r['rounds']} (∝ work^{exponent('providers', 'rounds')}) |")
+            f"{first['rounds']} → {r['rounds']} (∝ work^{exponent('providers', 'rounds')})"
+            + (f"; measured again: `{again['command']}`"
+               if (again := about.get("remeasured", {}).get("providers")) else "") + " |")
     return lines
 
 
