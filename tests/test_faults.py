@@ -43,12 +43,14 @@ def test_a_crash_is_resent_and_a_provider_that_keeps_crashing_fails_only_its_pai
 
 
 def test_a_provider_that_stops_answering_is_timed_out_and_the_resend_is_answered(tmp_path):
-    # bob answers its 2nd evaluate only after 6 s; the serving timeout is 4 s: the first attempt
-    # times out, the resend is answered once bob is back.
-    fault = Fault(BOB, Action.EVALUATE, nth=2, mode="sleep", seconds=6.0,
+    # bob answers its 2nd evaluate only after 12 s; the serving timeout is 8 s: the first attempt
+    # times out, the resend is answered once bob is back. The simulated silos share one worker,
+    # which also handles the other pair's messages of that round before bob's resend: the
+    # margin (8 s after the resend) leaves room for them on a loaded machine.
+    fault = Fault(BOB, Action.EVALUATE, nth=2, mode="sleep", seconds=12.0,
                   state_dir=str(tmp_path / "faults"))
-    pairs = run(tmp_path, [fault], "coordinator.retries=1", "coordinator.serve_timeout=4")
+    pairs = run(tmp_path, [fault], "coordinator.retries=1", "coordinator.serve_timeout=8")
     bob = pairs["bob"]
     assert bob["status"] == "ok", bob.get("error")
     assert bob["agreement"] == 1.0
-    assert bob["resent"] == ["silo 'bob' failed on 'evaluate': no reply within 4 s"]
+    assert bob["resent"] == ["silo 'bob' failed on 'evaluate': no reply within 8 s"]
