@@ -123,13 +123,6 @@ class Rounds:
         self.retries = retries
         self.count = 0  # rounds sent, resends included
 
-    def ask(self, ask: Ask, ledger: Ledger) -> ConfigRecord:
-        """One ask alone; its failure raised."""
-        (result,) = self.exchange([ask], [ledger])
-        if isinstance(result, SiloError):
-            raise result
-        return result
-
     def exchange(self, asks: list[Ask], ledgers: list[Ledger]) -> list[ConfigRecord | SiloError]:
         """Answer every ask in one round (plus resends); ``asks[i]`` is accounted in
         ``ledgers[i]``. Identical asks of a shareable action are sent once."""
