@@ -11,6 +11,7 @@ KEY=VALUE pairs override conf/evaluation.yaml. Writes README.md, summary.json, C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ from simulations.evaluation import classification, convergence, figures, tradeof
 from simulations.evaluation.embeddings import embed_lists, task_texts
 from simulations.tables import write_csv
 
-EXPERIMENTS = ("classification", "convergence", "generation", "tradeoffs")
+EXPERIMENTS = ("classification", "convergence", "domain", "scale", "generation", "tradeoffs")
 
 
 def load_evaluation_config(overrides: list[str], quick: bool) -> DictConfig:
@@ -84,14 +85,17 @@ def run_classification(cfg: DictConfig, command: str) -> dict:
     c = cfg.classification
     rows, ood, runs = [], [], {}
     for task, spec in _tasks(cfg):
-        print(f"[classification] {task}: every ordered pair of {list(cfg.models)} "
-              f"(one Flower simulation)", flush=True)
+        print(f"[classification] {task}: "
+              f"{list(map(list, c.pairs)) if c.get('pairs') else 'every ordered pair'} of "
+              f"{list(cfg.models)} (one Flower simulation)", flush=True)
         run_dir = Path(cfg.runs_dir) / task
         report, seconds = classification.run_task(
             str(spec.get("dataset", task)), spec.get("ood"), models=list(cfg.models),
             n_public=int(c.n_public), n_private=int(c.n_private), n_query=int(c.n_query),
             n_ood=int(c.n_ood), seed=int(cfg.seed), cache_dir=str(cfg.cache_dir), run_dir=run_dir,
-            extra=list(c.overrides), holdout_classes=list(spec.get("holdout_classes", [])))
+            extra=list(c.overrides), holdout_classes=list(spec.get("holdout_classes", [])),
+            pairs=[(str(q), str(p)) for q, p in c.get("pairs") or []] or None,
+            dtypes={str(k): str(v) for k, v in (c.get("dtype") or {}).items()})
         task_rows, task_ood = classification.rows(report, run_dir, task)
         rows += task_rows
         ood += task_ood
@@ -144,6 +148,96 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
     return {"convergence": rows, "convergence_texts": len(order)}
 
 
+def domain_specs(cfg: DictConfig, models: list[str]):
+    """The encoder of each model in the domain and scale experiments: the silos' defaults, with
+    ``domain.max_length`` and the per-model ``domain.dtype`` (bfloat16 for the large causal LMs)."""
+    from simulations.evaluation.embeddings import encoder_spec
+
+    d = cfg.domain
+    dtypes = dict(d.get("dtype") or {})
+    return {m: dataclasses.replace(encoder_spec(m), max_length=int(d.max_length),
+                                   dtype=str(dtypes.get(m, "float32"))) for m in models}
+
+
+def _domain_embeddings(cfg: DictConfig, models: list[str], lists: list[str] | None = None):
+    from simulations.evaluation import domain
+
+    d = cfg.domain
+    corpora = {str(name): dict(sizes) for name, sizes in d.corpora.items() if sizes is not None}
+    pool = domain.build_pool(corpora, int(cfg.seed))
+    for corpus, why in pool.skipped.items():
+        print(f"[domain] skipping {corpus}: {why}", flush=True)
+    emb = domain.embed_pool(pool, domain_specs(cfg, models), Path(cfg.cache_dir).expanduser(),
+                            log=lambda m: print(m, flush=True), lists=lists)
+    return pool, emb
+
+
+def run_domain(cfg: DictConfig, command: str) -> dict:
+    """Table 2 and the random-pairing control, every ordered pair of ``domain.models``."""
+    from conf import load_config
+    from simulations.evaluation import domain
+
+    d, defaults = cfg.domain, load_config()
+    models = list(d.models)
+    pool, emb = _domain_embeddings(cfg, models)
+    pairs = [(a, b) for a in models for b in models if a != b]
+    rows = []
+    for task, spec in d.tasks.items():
+        if spec is None:
+            continue
+        conds = domain.conditions(list(spec.cross), [int(k) for k in d.k_in_domain], pool.skipped)
+        rows += domain.run_task(
+            str(task), spec.get("ood"), conds, emb, pool.labels, pairs=pairs,
+            alphas=[float(a) for a in defaults.alignment.alphas],
+            holdout=float(defaults.alignment.holdout), head_l2=float(defaults.head.l2),
+            head_max_iter=int(defaults.head.max_iter), seed=int(cfg.seed),
+            log=lambda m: print(m, flush=True))
+    summary = domain.summary_rows(rows)
+    figures.domain_figure(summary, Path(cfg.output_dir) / "table2.png", command)
+    figures.control_figure(rows, Path(cfg.output_dir) / "control.png", command)
+    return {"domain": rows, "table2": summary, "domain_skipped": pool.skipped,
+            "domain_texts": {k: len(v) for k, v in pool.texts.items()},
+            "paper_table2": domain.PAPER_TABLE2}
+
+
+def run_scale(cfg: DictConfig, command: str) -> dict:
+    """Convergence among ``scale.models`` against parameter count, on the domain pool's texts."""
+    from conf import load_config
+    from simulations.evaluation import domain, scale
+
+    sc, defaults = cfg.scale, load_config()
+    models = list(sc.models)
+    task, ood = str(sc.task), sc.get("ood")
+    lists = [str(name) for name in sc.lists]
+    needed = [*lists, f"{task}/public", f"{task}/private", f"{task}/query",
+              *([f"{ood}/extra"] if ood else [])]
+    pool, emb = _domain_embeddings(cfg, models, list(dict.fromkeys(needed)))
+    lists = [name for name in lists if name in pool.texts]
+    stacked = {m: np.vstack([emb[m][name] for name in lists]) for m in models}
+    cache = Path(cfg.cache_dir).expanduser()
+    params = {m: scale.parameter_count(m, cache) for m in models}
+    alphas = [float(a) for a in defaults.alignment.alphas]
+    rows = scale.scale_rows(stacked, params, n_test=int(sc.n_test), alphas=alphas,
+                            seed=int(cfg.seed))
+    figures.scale_figure(rows, params, Path(cfg.output_dir) / "scale.png", command)
+    # Classification for the pairs with a Qwen model (or any model outside domain.models): the
+    # in-domain fit of Table 2, on the same texts.
+    new = [m for m in models if m not in cfg.domain.models or "qwen" in m]
+    pairs = [(a, b) for a in models for b in models if a != b and (a in new or b in new)]
+    classified = domain.run_task(
+        task, ood, [domain.Condition("in-domain")], emb, pool.labels, pairs=pairs, alphas=alphas,
+        holdout=float(defaults.alignment.holdout), head_l2=float(defaults.head.l2),
+        head_max_iter=int(defaults.head.max_iter), seed=int(cfg.seed),
+        log=lambda m: print(m, flush=True)) if pairs else []
+    return {"scale": rows, "scale_params": params, "scale_lists": lists,
+            "scale_texts": len(next(iter(stacked.values()))), "scale_classification": classified}
+
+
+def generation_prompts(corpus, rest: np.ndarray, n: int) -> list[str]:
+    prompts = ["The government said", "In the match on Saturday,"][:n]
+    return prompts + [" ".join(corpus.texts[i].split()[:8]) for i in rest[: n - len(prompts)]]
+
+
 def run_generation(cfg: DictConfig) -> dict:
     from silos.data import load_corpus
     from simulations.evaluation import generation
@@ -154,20 +248,25 @@ def run_generation(cfg: DictConfig) -> dict:
     order = np.random.default_rng(int(cfg.seed) + 3).permutation(len(corpus))
     fit = [corpus.texts[i] for i in order[: g.n_fit_texts]]
     test = [corpus.texts[i] for i in order[g.n_fit_texts: g.n_fit_texts + g.n_test_texts]]
-    rest = order[g.n_fit_texts + g.n_test_texts:]
-    prompts = ["The government said", "In the match on Saturday,"][: int(g.n_prompts)]
-    prompts += [" ".join(corpus.texts[i].split()[:8]) for i in rest[: int(g.n_prompts) - len(prompts)]]
-    print(f"[generation] loading {g.model_a} and {g.model_b}", flush=True)
-    a = generation.CausalLM(str(g.model_a), cache, max_tokens=int(g.max_tokens))
-    b = a if g.model_b == g.model_a else generation.CausalLM(str(g.model_b), cache,
-                                                             max_tokens=int(g.max_tokens))
-    states = {m.name: generation.all_states(m, {"fit": fit, "test": test}) for m in {a, b}}
+    prompts = generation_prompts(corpus, order[g.n_fit_texts + g.n_test_texts:], int(g.n_prompts))
+    pairs = [(str(a), str(b)) for a, b in g.pairs]  # each a direction A → B
+    dtypes = dict(g.get("dtype") or {})
+    lms, states = {}, {}
+    for name in dict.fromkeys(m for pair in pairs for m in pair):
+        print(f"[generation] loading {name} ({dtypes.get(name, 'float32')})", flush=True)
+        lms[name] = generation.CausalLM(name, cache, max_tokens=int(g.max_tokens),
+                                        dtype=str(dtypes.get(name, "float32")))
+        states[name] = generation.all_states(lms[name], {"fit": fit, "test": test})
     directions = []
-    for first, second in ([(a, b), (b, a)] if b is not a else [(a, b)]):
-        print(f"[generation] {first.name} → {second.name}", flush=True)
+    for first, second in pairs:
+        print(f"[generation] {first} → {second}", flush=True)
+        started = time.perf_counter()
         directions.append(generation.run_direction(
-            first, second, states, prompts, alpha=float(g.alpha), new_tokens=int(g.new_tokens)))
+            lms[first], lms[second], states, prompts, alpha=float(g.alpha),
+            new_tokens=int(g.new_tokens)))
+        directions[-1]["seconds"] = time.perf_counter() - started
     main = directions[0]
+    a, b = lms[pairs[0][0]], lms[pairs[0][1]]
     mapped = main.pop("mapping").transform(states[a.name]["test"][0].states)
     for d in directions[1:]:
         d.pop("mapping")
@@ -187,6 +286,17 @@ def run_tradeoffs(cfg: DictConfig, command: str) -> dict:
                                    reps=int(t.reps), seed=int(cfg.seed))
     figures.tradeoff_figure(rows, Path(cfg.output_dir) / "tradeoffs.png", command)
     return {"tradeoffs": rows}
+
+
+def _flat(row: dict) -> dict:
+    """A row for CSV: each 95 % interval ``x_ci`` as two columns ``x_ci_low``, ``x_ci_high``."""
+    out = {}
+    for key, value in row.items():
+        if key.endswith("_ci") and isinstance(value, list | tuple) and len(value) == 2:
+            out[f"{key}_low"], out[f"{key}_high"] = value
+        else:
+            out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             summary.update(run_classification(cfg, command))
         elif name == "convergence":
             summary.update(run_convergence(cfg, command))
+        elif name == "domain":
+            summary.update(run_domain(cfg, command))
+        elif name == "scale":
+            summary.update(run_scale(cfg, command))
         elif name == "generation":
             summary.update(run_generation(cfg))
         else:
@@ -224,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                    machine={"cpus": os.cpu_count(), "platform": platform.platform()},
                    config=OmegaConf.to_container(cfg))
     summary.pop("seconds", None)
-    for key in ("classification", "ood", "convergence", "tradeoffs"):
+    for key in ("classification", "ood", "convergence", "domain", "table2", "scale",
+                "scale_classification", "tradeoffs"):
         if summary.get(key):
-            write_csv(out / f"{key}.csv", summary[key])
+            write_csv(out / f"{key}.csv", [_flat(r) for r in summary[key]])
     summary_file.write_text(json.dumps(summary, indent=2, default=float))
     from simulations.evaluation.markdown import README_END, README_START, readme_block, render
 
