@@ -214,8 +214,8 @@ def run_task(task: str, ood: str | None, conds: list[Condition], emb: dict[str, 
     base = {(r["querier_model"], r["provider_model"]): r["aligned_accuracy"] for r in rows
             if r["condition"] == "in-domain"}
     for r in rows:  # what the paper's Table 2 compares: aligned accuracy over the in-domain one
-        r["vs_in_domain"] = r["aligned_accuracy"] / max(
-            base[(r["querier_model"], r["provider_model"])], 1e-12)
+        first = base.get((r["querier_model"], r["provider_model"]))
+        r["vs_in_domain"] = r["aligned_accuracy"] / max(first, 1e-12) if first else float("nan")
     return rows
 
 
