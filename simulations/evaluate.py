@@ -209,9 +209,16 @@ def run_scale(cfg: DictConfig, command: str) -> dict:
     models = list(sc.models)
     task, ood = str(sc.task), sc.get("ood")
     lists = [str(name) for name in sc.lists]
-    needed = [*lists, f"{task}/public", f"{task}/private", f"{task}/query",
-              *([f"{ood}/extra"] if ood else [])]
-    pool, emb = _domain_embeddings(cfg, models, list(dict.fromkeys(needed)))
+    task_lists = [f"{task}/public", f"{task}/private", f"{task}/query",
+                  *([f"{ood}/extra"] if ood else [])]
+    pool, emb = _domain_embeddings(cfg, models, lists)  # every model: the convergence texts
+    # Classification for the pairs of a `scale.classify` model with it or a domain model: the
+    # in-domain fit of Table 2 on the same texts (the domain models' embeddings are cache hits).
+    chosen = [str(m) for m in sc.get("classify") or []]
+    partners = [*chosen, *(str(m) for m in cfg.domain.models if m not in chosen)]
+    _, extra = _domain_embeddings(cfg, partners if chosen else [], task_lists)
+    for m, arrays in extra.items():
+        emb.setdefault(m, {}).update(arrays)
     lists = [name for name in lists if name in pool.texts]
     stacked = {m: np.vstack([emb[m][name] for name in lists]) for m in models}
     cache = Path(cfg.cache_dir).expanduser()
@@ -220,10 +227,8 @@ def run_scale(cfg: DictConfig, command: str) -> dict:
     rows = scale.scale_rows(stacked, params, n_test=int(sc.n_test), alphas=alphas,
                             seed=int(cfg.seed))
     figures.scale_figure(rows, params, Path(cfg.output_dir) / "scale.png", command)
-    # Classification for the pairs with a Qwen model (or any model outside domain.models): the
-    # in-domain fit of Table 2, on the same texts.
-    new = [m for m in models if m not in cfg.domain.models or "qwen" in m]
-    pairs = [(a, b) for a in models for b in models if a != b and (a in new or b in new)]
+    pairs = [(a, b) for a in partners for b in partners
+             if a != b and (a in chosen or b in chosen)]
     classified = domain.run_task(
         task, ood, [domain.Condition("in-domain")], emb, pool.labels, pairs=pairs, alphas=alphas,
         holdout=float(defaults.alignment.holdout), head_l2=float(defaults.head.l2),
