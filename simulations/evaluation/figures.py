@@ -55,9 +55,9 @@ def classification_figure(rows: list[dict], path: Path, command: str) -> Path:
     for ax, task in zip(axes[0], tasks, strict=True):
         mine = [r for r in rows if r["task"] == task and r.get("status") == "ok"]
         width = 0.8 / len(kinds)
-        for i, (key, label) in enumerate(kinds):
-            ax.bar([j + i * width for j in range(len(mine))], [r[key] for r in mine], width,
-                   label=label)
+        for i, (key, label) in enumerate(kinds):  # None (no such head in the run): no bar
+            ax.bar([j + i * width for j in range(len(mine))],
+                   [np.nan if r.get(key) is None else r[key] for r in mine], width, label=label)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(mine))])
         ax.set_xticklabels([f"{r['querier_model']}\n→ {r['provider_model']}" for r in mine],
                            fontsize=6, rotation=45, ha="right")
