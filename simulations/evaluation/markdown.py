@@ -276,8 +276,10 @@ def _preset_choice(rows: list[dict]) -> list[str]:
 
 def render(summary: dict) -> str:
     machine = summary.get("machine", {})
-    runs = [f"{name}: `{e['command']}` ({e['seconds']:.0f} s, load average "
-            f"{e['load_average_before']:.1f} at its start)"
+    runs = [f"{name}: `{e['command']}` — skipped: {e['skipped']}" if "skipped" in e else
+            f"{name}: `{e['command']}` ({e['seconds']:.0f} s, load average "
+            f"{e['load_average_before']:.1f} at its start"
+            + (f", {e['load_average_after']:.1f} at its end)" if "load_average_after" in e else ")")
             for name, e in summary.get("experiments", {}).items()]
     lines = [
         "# The paper's evaluation, reproduced on this machine",
