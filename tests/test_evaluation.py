@@ -299,13 +299,14 @@ def test_classification_silos_have_no_dots_and_carry_their_dtype():
     assert "dtype" not in cfg.silos["p-minilm-l6"]
 
 
-def test_parameter_count_reads_safetensors_headers(tmp_path, monkeypatch):
+def test_parameter_count_reads_safetensors_headers_without_the_lm_head(tmp_path, monkeypatch):
     from safetensors.numpy import save_file
 
     from silos.registry import ResolvedModel
     from simulations.evaluation import scale
 
-    save_file({"w": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)},
+    save_file({"w": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32),
+               "lm_head.weight": np.zeros((7, 4), np.float32)},  # a stored copy of a tied head
               str(tmp_path / "model.safetensors"))
     monkeypatch.setattr(scale, "resolve_model", lambda name, cache_dir: ResolvedModel(
         str(tmp_path), True))

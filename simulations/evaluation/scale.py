@@ -21,8 +21,8 @@ from simulations.evaluation.stats import mean_ci
 
 
 def parameter_count(model: str, cache_dir: Path) -> int:
-    """Parameters of a packaged model, from its safetensors headers (each tensor once: a tied LM
-    head is stored once)."""
+    """Parameters of the network that embeds (the LM head left out: the GGUF conversions store
+    Qwen's tied head as a second 136M / 233M-parameter copy), from the safetensors headers."""
     folder = Path(resolve_model(model, cache_dir=cache_dir).path)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -31,7 +31,8 @@ def parameter_count(model: str, cache_dir: Path) -> int:
     for file in files:
         with file.open("rb") as f:
             header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        total += sum(int(np.prod(t["shape"])) for k, t in header.items() if k != "__metadata__")
+        total += sum(int(np.prod(t["shape"])) for k, t in header.items()
+                     if k != "__metadata__" and not k.startswith("lm_head."))
     return total
 
 
