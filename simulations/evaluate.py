@@ -11,11 +11,13 @@ KEY=VALUE pairs override conf/evaluation.yaml. Writes README.md, summary.json, C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -26,11 +28,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from conf import CONF_DIR, dotlist, load_config, refuse_unknown_keys
+from silos.registry import ModelNotInstalledError
 from simulations.evaluation import classification, convergence, figures, tradeoffs
 from simulations.evaluation.embeddings import embed_lists, task_texts
 from simulations.tables import write_csv
 
-EXPERIMENTS = ("classification", "convergence", "generation", "tradeoffs")
+EXPERIMENTS = ("classification", "convergence", "domain", "scale", "generation", "tradeoffs")
 
 
 def load_evaluation_config(overrides: list[str], quick: bool) -> DictConfig:
@@ -84,14 +87,17 @@ def run_classification(cfg: DictConfig, command: str) -> dict:
     c = cfg.classification
     rows, ood, runs = [], [], {}
     for task, spec in _tasks(cfg):
-        print(f"[classification] {task}: every ordered pair of {list(cfg.models)} "
-              f"(one Flower simulation)", flush=True)
+        print(f"[classification] {task}: "
+              f"{list(map(list, c.pairs)) if c.get('pairs') else 'every ordered pair'} of "
+              f"{list(cfg.models)} (one Flower simulation)", flush=True)
         run_dir = Path(cfg.runs_dir) / task
         report, seconds = classification.run_task(
             str(spec.get("dataset", task)), spec.get("ood"), models=list(cfg.models),
             n_public=int(c.n_public), n_private=int(c.n_private), n_query=int(c.n_query),
             n_ood=int(c.n_ood), seed=int(cfg.seed), cache_dir=str(cfg.cache_dir), run_dir=run_dir,
-            extra=list(c.overrides), holdout_classes=list(spec.get("holdout_classes", [])))
+            extra=list(c.overrides), holdout_classes=list(spec.get("holdout_classes", [])),
+            pairs=[(str(q), str(p)) for q, p in c.get("pairs") or []] or None,
+            dtypes={str(k): str(v) for k, v in (c.get("dtype") or {}).items()})
         task_rows, task_ood = classification.rows(report, run_dir, task)
         rows += task_rows
         ood += task_ood
@@ -144,6 +150,101 @@ def run_convergence(cfg: DictConfig, command: str) -> dict:
     return {"convergence": rows, "convergence_texts": len(order)}
 
 
+def domain_specs(cfg: DictConfig, models: list[str]):
+    """The encoder of each model in the domain and scale experiments: the silos' defaults, with
+    ``domain.max_length`` and the per-model ``domain.dtype`` (bfloat16 for the large causal LMs)."""
+    from simulations.evaluation.embeddings import encoder_spec
+
+    d = cfg.domain
+    dtypes = dict(d.get("dtype") or {})
+    return {m: dataclasses.replace(encoder_spec(m), max_length=int(d.max_length),
+                                   dtype=str(dtypes.get(m, "float32"))) for m in models}
+
+
+def _domain_embeddings(cfg: DictConfig, models: list[str], lists: list[str] | None = None):
+    from simulations.evaluation import domain
+
+    d = cfg.domain
+    corpora = {str(name): dict(sizes) for name, sizes in d.corpora.items() if sizes is not None}
+    pool = domain.build_pool(corpora, int(cfg.seed))
+    for corpus, why in pool.skipped.items():
+        print(f"[domain] skipping {corpus}: {why}", flush=True)
+    emb = domain.embed_pool(pool, domain_specs(cfg, models), Path(cfg.cache_dir).expanduser(),
+                            log=lambda m: print(m, flush=True), lists=lists)
+    return pool, emb
+
+
+def run_domain(cfg: DictConfig, command: str) -> dict:
+    """Table 2 and the random-pairing control, every ordered pair of ``domain.models``."""
+    from conf import load_config
+    from simulations.evaluation import domain
+
+    d, defaults = cfg.domain, load_config()
+    models = list(d.models)
+    pool, emb = _domain_embeddings(cfg, models)
+    pairs = [(a, b) for a in models for b in models if a != b]
+    rows = []
+    for task, spec in d.tasks.items():
+        if spec is None:
+            continue
+        conds = domain.conditions(list(spec.cross), [int(k) for k in d.k_in_domain], pool.skipped)
+        rows += domain.run_task(
+            str(task), spec.get("ood"), conds, emb, pool.labels, pairs=pairs,
+            alphas=[float(a) for a in defaults.alignment.alphas],
+            holdout=float(defaults.alignment.holdout), head_l2=float(defaults.head.l2),
+            head_max_iter=int(defaults.head.max_iter), seed=int(cfg.seed),
+            log=lambda m: print(m, flush=True))
+    summary = domain.summary_rows(rows)
+    figures.domain_figure(summary, Path(cfg.output_dir) / "table2.png", command)
+    figures.control_figure(rows, Path(cfg.output_dir) / "control.png", command)
+    return {"domain": rows, "table2": summary, "domain_skipped": pool.skipped,
+            "domain_texts": {k: len(v) for k, v in pool.texts.items()},
+            "paper_table2": domain.PAPER_TABLE2}
+
+
+def run_scale(cfg: DictConfig, command: str) -> dict:
+    """Convergence among ``scale.models`` against parameter count, on the domain pool's texts."""
+    from conf import load_config
+    from simulations.evaluation import domain, scale
+
+    sc, defaults = cfg.scale, load_config()
+    models = list(sc.models)
+    task, ood = str(sc.task), sc.get("ood")
+    lists = [str(name) for name in sc.lists]
+    task_lists = [f"{task}/public", f"{task}/private", f"{task}/query",
+                  *([f"{ood}/extra"] if ood else [])]
+    pool, emb = _domain_embeddings(cfg, models, lists)  # every model: the convergence texts
+    # Classification for the pairs of a `scale.classify` model with it or a domain model: the
+    # in-domain fit of Table 2 on the same texts (the domain models' embeddings are cache hits).
+    chosen = [str(m) for m in sc.get("classify") or []]
+    partners = [*chosen, *(str(m) for m in cfg.domain.models if m not in chosen)]
+    _, extra = _domain_embeddings(cfg, partners if chosen else [], task_lists)
+    for m, arrays in extra.items():
+        emb.setdefault(m, {}).update(arrays)
+    lists = [name for name in lists if name in pool.texts]
+    stacked = {m: np.vstack([emb[m][name] for name in lists]) for m in models}
+    cache = Path(cfg.cache_dir).expanduser()
+    params = {m: scale.parameter_count(m, cache) for m in models}
+    alphas = [float(a) for a in defaults.alignment.alphas]
+    rows = scale.scale_rows(stacked, params, n_test=int(sc.n_test), alphas=alphas,
+                            seed=int(cfg.seed))
+    figures.scale_figure(rows, params, Path(cfg.output_dir) / "scale.png", command)
+    pairs = [(a, b) for a in partners for b in partners
+             if a != b and (a in chosen or b in chosen)]
+    classified = domain.run_task(
+        task, ood, [domain.Condition("in-domain")], emb, pool.labels, pairs=pairs, alphas=alphas,
+        holdout=float(defaults.alignment.holdout), head_l2=float(defaults.head.l2),
+        head_max_iter=int(defaults.head.max_iter), seed=int(cfg.seed),
+        log=lambda m: print(m, flush=True)) if pairs else []
+    return {"scale": rows, "scale_params": params, "scale_lists": lists,
+            "scale_texts": len(next(iter(stacked.values()))), "scale_classification": classified}
+
+
+def generation_prompts(corpus, rest: np.ndarray, n: int) -> list[str]:
+    prompts = ["The government said", "In the match on Saturday,"][:n]
+    return prompts + [" ".join(corpus.texts[i].split()[:8]) for i in rest[: n - len(prompts)]]
+
+
 def run_generation(cfg: DictConfig) -> dict:
     from silos.data import load_corpus
     from simulations.evaluation import generation
@@ -154,20 +255,25 @@ def run_generation(cfg: DictConfig) -> dict:
     order = np.random.default_rng(int(cfg.seed) + 3).permutation(len(corpus))
     fit = [corpus.texts[i] for i in order[: g.n_fit_texts]]
     test = [corpus.texts[i] for i in order[g.n_fit_texts: g.n_fit_texts + g.n_test_texts]]
-    rest = order[g.n_fit_texts + g.n_test_texts:]
-    prompts = ["The government said", "In the match on Saturday,"][: int(g.n_prompts)]
-    prompts += [" ".join(corpus.texts[i].split()[:8]) for i in rest[: int(g.n_prompts) - len(prompts)]]
-    print(f"[generation] loading {g.model_a} and {g.model_b}", flush=True)
-    a = generation.CausalLM(str(g.model_a), cache, max_tokens=int(g.max_tokens))
-    b = a if g.model_b == g.model_a else generation.CausalLM(str(g.model_b), cache,
-                                                             max_tokens=int(g.max_tokens))
-    states = {m.name: generation.all_states(m, {"fit": fit, "test": test}) for m in {a, b}}
+    prompts = generation_prompts(corpus, order[g.n_fit_texts + g.n_test_texts:], int(g.n_prompts))
+    pairs = [(str(a), str(b)) for a, b in g.pairs]  # each a direction A → B
+    dtypes = dict(g.get("dtype") or {})
+    lms, states = {}, {}
+    for name in dict.fromkeys(m for pair in pairs for m in pair):
+        print(f"[generation] loading {name} ({dtypes.get(name, 'float32')})", flush=True)
+        lms[name] = generation.CausalLM(name, cache, max_tokens=int(g.max_tokens),
+                                        dtype=str(dtypes.get(name, "float32")))
+        states[name] = generation.all_states(lms[name], {"fit": fit, "test": test})
     directions = []
-    for first, second in ([(a, b), (b, a)] if b is not a else [(a, b)]):
-        print(f"[generation] {first.name} → {second.name}", flush=True)
+    for first, second in pairs:
+        print(f"[generation] {first} → {second}", flush=True)
+        started = time.perf_counter()
         directions.append(generation.run_direction(
-            first, second, states, prompts, alpha=float(g.alpha), new_tokens=int(g.new_tokens)))
+            lms[first], lms[second], states, prompts, alpha=float(g.alpha),
+            new_tokens=int(g.new_tokens)))
+        directions[-1]["seconds"] = time.perf_counter() - started
     main = directions[0]
+    a, b = lms[pairs[0][0]], lms[pairs[0][1]]
     mapped = main.pop("mapping").transform(states[a.name]["test"][0].states)
     for d in directions[1:]:
         d.pop("mapping")
@@ -182,11 +288,49 @@ def run_generation(cfg: DictConfig) -> dict:
 def run_tradeoffs(cfg: DictConfig, command: str) -> dict:
     t = cfg.tradeoffs
     print("[tradeoffs] presets × scales × dims × paths", flush=True)
-    rows = tradeoffs.tradeoff_rows(presets=list(t.presets), input_scale_bits=list(t.input_scale_bits),
-                                   dims=list(t.dims), classes=int(t.classes), batch=int(t.batch),
-                                   reps=int(t.reps), seed=int(cfg.seed))
+    rows, refused = tradeoffs.tradeoff_rows(
+        presets=list(t.presets), input_scale_bits=list(t.input_scale_bits), dims=list(t.dims),
+        classes=int(t.classes), batch=int(t.batch), reps=int(t.reps), seed=int(cfg.seed))
     figures.tradeoff_figure(rows, Path(cfg.output_dir) / "tradeoffs.png", command)
-    return {"tradeoffs": rows}
+    return {"tradeoffs": rows, "tradeoffs_refused": refused}
+
+
+def _flat(row: dict) -> dict:
+    """A row for CSV: each 95 % interval ``x_ci`` as two columns ``x_ci_low``, ``x_ci_high``."""
+    out = {}
+    for key, value in row.items():
+        if key.endswith("_ci") and isinstance(value, list | tuple) and len(value) == 2:
+            out[f"{key}_low"], out[f"{key}_high"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _run(name: str, cfg: DictConfig, command: str) -> dict:
+    if name == "classification":
+        return run_classification(cfg, command)
+    if name == "convergence":
+        return run_convergence(cfg, command)
+    if name == "domain":
+        return run_domain(cfg, command)
+    if name == "scale":
+        return run_scale(cfg, command)
+    if name == "generation":
+        return run_generation(cfg)
+    return run_tradeoffs(cfg, command)
+
+
+def write_reports(summary: dict, out: Path) -> None:
+    """summary.json, one CSV per table and README.md in ``out``."""
+    from simulations.evaluation.markdown import render
+
+    summary.pop("seconds", None)
+    for key in ("classification", "ood", "convergence", "domain", "table2", "scale",
+                "scale_classification", "tradeoffs"):
+        if summary.get(key):
+            write_csv(out / f"{key}.csv", [_flat(r) for r in summary[key]])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "README.md").write_text(render(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,39 +349,39 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     experiments = summary.get("experiments", {})  # each experiment's last run: command, time
     started = time.perf_counter()
+    failed_experiments = []
     for name in args.only:
         t0, load = time.perf_counter(), os.getloadavg()[0]
-        if name == "classification":
-            summary.update(run_classification(cfg, command))
-        elif name == "convergence":
-            summary.update(run_convergence(cfg, command))
-        elif name == "generation":
-            summary.update(run_generation(cfg))
+        try:
+            summary.update(_run(name, cfg, command))
+        except ModelNotInstalledError as err:  # an optional model (make install-qwen): say so
+            print(f"[{name}] skipped: {err}", flush=True)
+            experiments[name] = {"command": command, "skipped": str(err)}
+        except Exception as err:  # the others still run; the exit status says so
+            traceback.print_exc()
+            print(f"[{name}] failed: {err!r}", flush=True)
+            experiments[name] = {"command": command, "failed": repr(err)}
+            failed_experiments.append(name)
         else:
-            summary.update(run_tradeoffs(cfg, command))
-        experiments[name] = {"command": command, "seconds": time.perf_counter() - t0,
-                             "load_average_before": load}
-        print(f"[{name}] done in {experiments[name]['seconds']:.0f} s", flush=True)
+            experiments[name] = {"command": command, "seconds": time.perf_counter() - t0,
+                                 "load_average_before": load,
+                                 "load_average_after": os.getloadavg()[0]}
+            print(f"[{name}] done in {experiments[name]['seconds']:.0f} s", flush=True)
+        # Written after every experiment: a later one's failure loses nothing measured before it.
+        summary.update(command=command, seconds_this_command=time.perf_counter() - started,
+                       experiments=experiments, quick=args.quick,
+                       machine={"cpus": os.cpu_count(), "platform": platform.platform()},
+                       config=OmegaConf.to_container(cfg))
+        write_reports(summary, out)
     total = time.perf_counter() - started
-    summary.update(command=command, seconds_this_command=total, experiments=experiments,
-                   quick=args.quick,
-                   machine={"cpus": os.cpu_count(), "platform": platform.platform()},
-                   config=OmegaConf.to_container(cfg))
-    summary.pop("seconds", None)
-    for key in ("classification", "ood", "convergence", "tradeoffs"):
-        if summary.get(key):
-            write_csv(out / f"{key}.csv", summary[key])
-    summary_file.write_text(json.dumps(summary, indent=2, default=float))
-    from simulations.evaluation.markdown import README_END, README_START, readme_block, render
-
-    (out / "README.md").write_text(render(summary))
     if args.readme:
         from simulations.bench_crypto import update_readme
+        from simulations.evaluation.markdown import README_END, README_START, readme_block
 
         update_readme(Path("docs/evaluation.md"), readme_block(summary), README_START, README_END)
     print(f"\nwrote {out / 'README.md'} and {summary_file} ({total:.0f} s)")
     failed = [r for r in summary.get("classification", []) if r.get("status") != "ok"]
-    return 1 if failed else 0
+    return 1 if failed or failed_experiments else 0
 
 
 if __name__ == "__main__":

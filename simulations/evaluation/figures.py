@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _finish(fig, path: Path, command: str) -> Path:
@@ -54,9 +55,9 @@ def classification_figure(rows: list[dict], path: Path, command: str) -> Path:
     for ax, task in zip(axes[0], tasks, strict=True):
         mine = [r for r in rows if r["task"] == task and r.get("status") == "ok"]
         width = 0.8 / len(kinds)
-        for i, (key, label) in enumerate(kinds):
-            ax.bar([j + i * width for j in range(len(mine))], [r[key] for r in mine], width,
-                   label=label)
+        for i, (key, label) in enumerate(kinds):  # None (no such head in the run): no bar
+            ax.bar([j + i * width for j in range(len(mine))],
+                   [np.nan if r.get(key) is None else r[key] for r in mine], width, label=label)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(mine))])
         ax.set_xticklabels([f"{r['querier_model']}\n→ {r['provider_model']}" for r in mine],
                            fontsize=6, rotation=45, ha="right")
@@ -106,4 +107,84 @@ def tradeoff_figure(rows: list[dict], path: Path, command: str) -> Path:
                title=f"d={d}: latency vs security (red ring: Pareto front; label: max |err|)")
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
+    return _finish(fig, path, command)
+
+
+def _err(values: list[float], cis: list) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars from values and (low, high) intervals."""
+    return [[max(0.0, v - c[0]) for v, c in zip(values, cis, strict=True)],
+            [max(0.0, c[1] - v) for v, c in zip(values, cis, strict=True)]]
+
+
+def domain_figure(summary: list[dict], path: Path, command: str) -> Path:
+    """Table 2: aligned ÷ native accuracy and OOD AUROC per condition, per task (mean over pairs,
+    bars from the lowest to the highest pair)."""
+    tasks = list(dict.fromkeys(r["task"] for r in summary))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 7.5), squeeze=False)
+    for j, task in enumerate(tasks):
+        mine = [r for r in summary if r["task"] == task]
+        names = [r["condition"] for r in mine]
+        for i, (key, label) in enumerate((("ratio", "aligned ÷ native accuracy"),
+                                          ("auroc_aligned", "OOD AUROC (MSP), aligned"))):
+            ax = axes[i][j]
+            values = [r.get(key, float("nan")) for r in mine]
+            spans = [(r.get(f"{key}_min", v), r.get(f"{key}_max", v)) for r, v in zip(mine, values,
+                                                                                   strict=True)]
+            ax.bar(range(len(mine)), values, yerr=_err(values, spans), capsize=3,
+                   color=["0.55" if n.startswith("control") else "C0" if n == "in-domain"
+                          else "C1" for n in names])
+            ax.set_xticks(range(len(mine)))
+            ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+            ax.set(ylim=(0, 1.1), title=f"{task}: {label}")
+            ax.axhline(1.0 if key == "ratio" else 0.5, color="0.4", lw=0.8, ls="--")
+            ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, path, command)
+
+
+def control_figure(rows: list[dict], path: Path, command: str) -> Path:
+    """The random-pairing control against the in-domain fit, per pair: R², retrieval, accuracy."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    metrics = (("r2", "held-out R²"), ("retrieval", "top-1 retrieval (queries)"),
+               ("aligned_accuracy", "aligned accuracy"))
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 3.8 * len(tasks)), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, (key, label) in enumerate(metrics):
+            ax = axes[i][j]
+            for cond, color in (("in-domain", "C0"), ("control:shuffled", "0.5")):
+                mine = [r for r in rows if r["task"] == task and r["condition"] == cond]
+                ax.plot(range(len(mine)), [r[key] for r in mine], "o", color=color, ms=4,
+                        label=cond)
+            base = [r for r in rows if r["task"] == task and r["condition"] == "in-domain"]
+            chance = {"retrieval": base[0]["chance_retrieval"],
+                      "aligned_accuracy": base[0]["majority_accuracy"], "r2": 0.0}[key]
+            ax.axhline(chance, color="red", lw=0.8, ls="--", label="chance")
+            ax.set(title=f"{task}: {label}", xlabel="pair (querier → provider)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _finish(fig, path, command)
+
+
+def scale_figure(rows: list[dict], params: dict[str, int], path: Path, command: str) -> Path:
+    """CKA, R² and retrieval of each pair against the smaller model's parameter count, and the
+    shuffled-pairs control."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, key, label in zip(axes, ("cka", "r2", "retrieval"),
+                              ("linear CKA", "held-out R² (ridge)", "top-1 retrieval"),
+                              strict=True):
+        xs = [min(r["params_a"], r["params_b"]) for r in rows]
+        ax.scatter(xs, [r[key] for r in rows], s=18, label="pairs")
+        ax.scatter(xs, [r[f"{key}_control"] for r in rows], s=12, color="0.6", marker="x",
+                   label="shuffled pairs (control)")
+        by_size: dict[int, list[float]] = {}
+        for x, r in zip(xs, rows, strict=True):
+            by_size.setdefault(x, []).append(r[key])
+        sizes = sorted(by_size)
+        ax.plot(sizes, [float(np.mean(by_size[s])) for s in sizes], "-", color="C3",
+                label="mean at that size")
+        ax.set(xscale="log", xlabel="parameters of the smaller model of the pair", title=label)
+        ax.grid(alpha=0.3)
+    for name, n in params.items():
+        axes[0].annotate(name, (n, axes[0].get_ylim()[0]), fontsize=6, rotation=90,
+                         xytext=(2, 4), textcoords="offset points")
+    axes[0].legend(fontsize=7)
     return _finish(fig, path, command)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from simulations.evaluation.stats import fmt_ci
+
 
 def _f(value, digits: int = 3) -> str:
     if value is None:
@@ -15,8 +17,9 @@ def main_table(summary: dict) -> str:
     """Per pair and task: native vs aligned vs encrypted accuracy, OOD AUROC (MSP), latency."""
     ood = {(r["task"], r["querier_model"], r["provider_model"]): r
            for r in summary.get("ood", []) if r["score"] == "msp"}
-    lines = ["| task | querier → provider | native | querier's own head | aligned | encrypted "
-             "| agreement | unaligned | OOD AUROC native / aligned / encrypted (MSP) "
+    lines = ["| task | querier → provider | native [95 %] | querier's own head | aligned "
+             "| encrypted [95 %] | agreement | unaligned "
+             "| OOD AUROC native / aligned / encrypted [95 %] (MSP) "
              "| ms/query | KiB/query |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.get("classification", []):
@@ -26,12 +29,12 @@ def main_table(summary: dict) -> str:
                          + " |" * 9)
             continue
         o = ood.get((r["task"], r["querier_model"], r["provider_model"]))
-        auroc = (f"{o['auroc_native']:.3f} / {o['auroc_aligned']:.3f} / {o['auroc_encrypted']:.3f}"
-                 if o else "—")
+        auroc = (f"{o['auroc_native']:.3f} / {o['auroc_aligned']:.3f} / "
+                 f"{_ci(o, 'auroc_encrypted')}" if o else "—")
         lines.append(
-            f"| {r['task']} | {pair} | {_f(r['native_accuracy'])} | "
+            f"| {r['task']} | {pair} | {_ci(r, 'native_accuracy')} | "
             f"{_f(r['querier_own_accuracy'])} | {_f(r['aligned_accuracy'])} | "
-            f"{_f(r['encrypted_accuracy'])} | {_f(r['agreement'], 4)} | "
+            f"{_ci(r, 'encrypted_accuracy')} | {_f(r['agreement'], 4)} | "
             f"{_f(r['unaligned_accuracy'])} | {auroc} | {r['latency_ms_per_query']:.2f} | "
             f"{r['bytes_per_query'] / 1024:.1f} |")
     return "\n".join(lines)
@@ -90,11 +93,11 @@ def _generation(summary: dict) -> list[str]:
     lines = [f"Token-level ridge maps fit on {g['n_fit_texts']} {g['corpus']} texts, scored on "
              f"{g['n_test_texts']} others at the positions where both models have read the same "
              "characters.", "",
-             "| A → B | tokenizer match | top-1 agreement | top-5 | top-1 (all paired) "
+             "| A → B | tokenizer match | top-1 agreement [95 %] | top-5 [95 %] | top-1 (all paired) "
              "| median ppl under B: cross / B's own |", "|---|---|---|---|---|---|"]
     for d in g["directions"]:
         lines.append(f"| {d['model_a']} → {d['model_b']} | {_f(d['tokenizer_match_rate'])} | "
-                     f"{_f(d['top1_agreement'])} | {_f(d['top5_agreement'])} | "
+                     f"{_ci(d, 'top1_agreement')} | {_ci(d, 'top5_agreement')} | "
                      f"{_f(d['top1_agreement_all_pairs'])} | "
                      f"{_f(d['median_cross_perplexity'], 1)} / {_f(d['median_own_perplexity'], 1)} |")
     lines += ["", "Greedy continuations (cross: A's states through the map and B's head; own: B "
@@ -120,6 +123,116 @@ def _generation(summary: dict) -> list[str]:
     return lines
 
 
+def _ci(row: dict, key: str, digits: int = 3) -> str:
+    return fmt_ci(row.get(key), row.get(f"{key}_ci"), digits)
+
+
+def _span(row: dict, key: str) -> str:
+    """mean (lowest – highest pair)."""
+    if row.get(key) is None:
+        return "—"
+    return f"{row[key]:.3f} ({row[f'{key}_min']:.2f}–{row[f'{key}_max']:.2f})"
+
+
+def _domain(summary: dict) -> list[str]:
+    table = summary.get("table2", [])
+    if not table:
+        return []
+    texts = summary.get("domain_texts", {})
+    models = summary.get("config", {}).get("domain", {}).get("models", [])
+    lines = [f"Every ordered pair of {len(models)} models ({', '.join(models)}); per task "
+             f"{table[0]['n_queries']} queries, the provider's head trained on "
+             f"{texts.get(table[0]['task'] + '/private', '?')} private texts. Each cell: the mean "
+             "over pairs (lowest–highest pair). ÷ native: aligned accuracy over the provider's "
+             "native accuracy on the same queries; ÷ in-domain: over the same pair's in-domain "
+             "aligned accuracy, the paper's comparison. Each pair's 95 % bootstrap intervals are "
+             "in `domain.csv` and the per-pair table below.", ""]
+    for corpus, why in summary.get("domain_skipped", {}).items():
+        lines += [f"**{corpus}: skipped** — {why}", ""]
+    lines += ["| task | public set | n public | aligned ÷ native | aligned ÷ in-domain "
+              "| aligned acc | native acc | held-out R² | top-1 retrieval | OOD AUROC aligned "
+              "(native) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        auroc = (f"{_span(r, 'auroc_aligned')} ({r['auroc_native']:.3f})"
+                 if r.get("auroc_aligned") is not None else "—")
+        lines.append(f"| {r['task']} | {r['condition']} | {r['n_public']} | {_span(r, 'ratio')} | "
+                     f"{_span(r, 'vs_in_domain')} | {_span(r, 'aligned_accuracy')} | "
+                     f"{_span(r, 'native_accuracy')} | {_span(r, 'r2')} | "
+                     f"{_span(r, 'retrieval')} | {auroc} |")
+    paper = summary.get("paper_table2", {})
+    if paper:
+        lines += ["", "The paper's Table 2 (accuracy %: map fitted in-domain → on public data of "
+                  "another domain → that + 128 in-domain texts) and its ratios to the in-domain "
+                  "figure, to compare with our ÷ in-domain column:", "",
+                  "| paper task | in-domain | cross | cross + 128 | cross ÷ in-domain "
+                  "| (cross + 128) ÷ in-domain |", "|---|---|---|---|---|---|"]
+        for task, (first, cross, plus) in paper.items():
+            lines.append(f"| {task} | {first} | {cross} | {plus} | {cross / first:.3f} | "
+                         f"{plus / first:.3f} |")
+    lines += ["", "![table 2](table2.png)", "", "Per pair (95 % bootstrap intervals over the "
+              "queries):", "", "| task | public set | querier → provider | aligned ÷ native "
+              "| aligned acc | native acc | OOD AUROC aligned | R² | retrieval |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.get("domain", []):
+        lines.append(f"| {r['task']} | {r['condition']} | {r['querier_model']} → "
+                     f"{r['provider_model']} | {_ci(r, 'ratio')} | {_ci(r, 'aligned_accuracy')} "
+                     f"| {_ci(r, 'native_accuracy')} | {_ci(r, 'auroc_aligned')} | "
+                     f"{r['r2']:.3f} | {_ci(r, 'retrieval')} |")
+    return [*lines, ""]
+
+
+def _control(summary: dict) -> list[str]:
+    table = {(r["task"], r["condition"]): r for r in summary.get("table2", [])}
+    tasks = sorted({t for t, c in table if c == "control:shuffled"})
+    if not tasks:
+        return []
+    lines = ["The in-domain fit against the same fit with the querier's public rows shuffled "
+             "(no text paired with itself). Mean over pairs (lowest–highest pair); chance: "
+             "retrieval 1/n queries, accuracy the majority class's share.", "",
+             "| task | fit | held-out R² | top-1 retrieval | aligned accuracy | chance retrieval "
+             "| majority class |", "|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for cond in ("in-domain", "control:shuffled"):
+            r = table[(task, cond)]
+            lines.append(f"| {task} | {cond} | {_span(r, 'r2')} | {_span(r, 'retrieval')} | "
+                         f"{_span(r, 'aligned_accuracy')} | {r['chance_retrieval']:.4f} | "
+                         f"{r['majority_accuracy']:.3f} |")
+    return [*lines, "", "![control](control.png)", ""]
+
+
+def _scale(summary: dict) -> list[str]:
+    rows = summary.get("scale", [])
+    if not rows:
+        return []
+    params = summary.get("scale_params", {})
+    lines = [f"{summary.get('scale_texts')} texts ({', '.join(summary.get('scale_lists', []))}), "
+             f"{rows[0]['n_test']} held out; ridge with alpha picked on a fifth of the fit texts. "
+             "Control: the fit texts' rows of A shuffled. Parameters (from the checkpoints): "
+             + ", ".join(f"{m} {n / 1e6:.0f}M" for m, n in params.items()) + ".", "",
+             "| A → B | CKA (control) | R² [95 %] (control) | top-1 retrieval [95 %] (control) |",
+             "|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (min(r["params_a"], r["params_b"]), r["model_a"])):
+        lines.append(f"| {r['model_a']} → {r['model_b']} | {r['cka']:.3f} ({r['cka_control']:.3f})"
+                     f" | {_ci(r, 'r2')} ({r['r2_control']:.3f}) | {_ci(r, 'retrieval')} "
+                     f"({r['retrieval_control']:.3f}) |")
+    lines += ["", "![scale](scale.png)", ""]
+    classified = summary.get("scale_classification", [])
+    if classified:
+        lines += [f"Classification for the pairs with a Qwen model ({classified[0]['task']}, the "
+                  f"in-domain fit of Table 2, {classified[0]['n_queries']} queries; plaintext "
+                  "path, 95 % bootstrap intervals):", "",
+                  "| querier → provider | native acc | aligned acc | aligned ÷ native "
+                  "| OOD AUROC aligned (native) | R² | retrieval |", "|---|---|---|---|---|---|---|"]
+        for r in classified:
+            auroc = (f"{_ci(r, 'auroc_aligned')} ({r['auroc_native']:.3f})"
+                     if r.get("auroc_aligned") is not None else "—")
+            lines.append(f"| {r['querier_model']} → {r['provider_model']} | "
+                         f"{_ci(r, 'native_accuracy')} | {_ci(r, 'aligned_accuracy')} | "
+                         f"{_ci(r, 'ratio')} | {auroc} | {r['r2']:.3f} | {_ci(r, 'retrieval')} |")
+        lines.append("")
+    return lines
+
+
 def _tradeoffs(summary: dict) -> list[str]:
     rows = summary.get("tradeoffs", [])
     if not rows:
@@ -134,7 +247,10 @@ def _tradeoffs(summary: dict) -> list[str]:
             f"{r['latency_ms_per_query']:.3f} | {r['bytes_per_query'] / 1024:.1f} | "
             f"{r['context_bytes'] / 1024:.0f} | {r['max_abs_error']:.1e} | "
             f"{r['argmax_agreement']:.3f} | {'yes' if r['pareto'] else ''} |")
-    return [*lines, "", *_preset_choice(rows), "![trade-offs](tradeoffs.png)", ""]
+    refused = [f"- refused: {r['path']}, d={r['d']}, {r['preset']} at 2^{r['input_scale_bits']}: "
+               f"{r['reason']}" for r in summary.get("tradeoffs_refused", [])]
+    return [*lines, "", *refused, *([""] if refused else []), *_preset_choice(rows),
+            "![trade-offs](tradeoffs.png)", ""]
 
 
 def _preset_choice(rows: list[dict]) -> list[str]:
@@ -171,8 +287,10 @@ def _preset_choice(rows: list[dict]) -> list[str]:
 
 def render(summary: dict) -> str:
     machine = summary.get("machine", {})
-    runs = [f"{name}: `{e['command']}` ({e['seconds']:.0f} s, load average "
-            f"{e['load_average_before']:.1f} at its start)"
+    runs = [f"{name}: `{e['command']}` — skipped: {e['skipped']}" if "skipped" in e else
+            f"{name}: `{e['command']}` ({e['seconds']:.0f} s, load average "
+            f"{e['load_average_before']:.1f} at its start"
+            + (f", {e['load_average_after']:.1f} at its end)" if "load_average_after" in e else ")")
             for name, e in summary.get("experiments", {}).items()]
     lines = [
         "# The paper's evaluation, reproduced on this machine",
@@ -203,6 +321,15 @@ def render(summary: dict) -> str:
         "## Representation convergence",
         "",
         *_convergence(summary),
+        "## Table 2: public data from another domain (plaintext, the product's own fitting path)",
+        "",
+        *_domain(summary),
+        "## Random-pairing control",
+        "",
+        *_control(summary),
+        "## Scale: convergence against parameter count",
+        "",
+        *_scale(summary),
         "## Cross-model generation",
         "",
         *_generation(summary),

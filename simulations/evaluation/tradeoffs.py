@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from crypto.params import InsecureParametersError
 from simulations.bench_crypto import HeadBench, params_for
 
 
@@ -36,8 +37,10 @@ def clear_row(d: int, k: int, batch: int, reps: int, seed: int) -> dict:
 
 
 def tradeoff_rows(*, presets: list[str], input_scale_bits: list[int], dims: list[int], classes: int,
-                  batch: int, reps: int, seed: int) -> list[dict]:
-    rows = []
+                  batch: int, reps: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The measured configurations, and those the provider refuses (a query scale too low for
+    the flooding it adds on that path: the refusal is where the trade-off ends)."""
+    rows, refused = [], []
     for d in dims:
         bench = HeadBench(d, classes, presets[0], seed)
         plain = bench.plaintext(reps)
@@ -49,7 +52,14 @@ def tradeoff_rows(*, presets: list[str], input_scale_bits: list[int], dims: list
             for bits in input_scale_bits:
                 params = dataclasses.replace(params_for(preset), input_scale_bits=bits).check()
                 bench = HeadBench(d, classes, preset, seed, params=params)
-                for measured in (bench.single(reps), bench.batched(batch, reps)):
+                for path in ("single", "batched"):
+                    try:
+                        measured = (bench.single(reps) if path == "single"
+                                    else bench.batched(batch, reps))
+                    except InsecureParametersError as err:  # a point of the trade-off itself
+                        refused.append({"path": path, "d": d, "preset": preset,
+                                        "input_scale_bits": bits, "reason": str(err)})
+                        continue
                     rows.append({
                         "path": measured["path"], "d": d, "batch": measured["batch"],
                         "preset": preset, "N": params.poly_modulus_degree,
@@ -64,7 +74,7 @@ def tradeoff_rows(*, presets: list[str], input_scale_bits: list[int], dims: list
                         "argmax_agreement": measured["argmax_agreement"],
                     })
     mark_pareto(rows)
-    return rows
+    return rows, refused
 
 
 def mark_pareto(rows: list[dict]) -> None:
