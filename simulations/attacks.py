@@ -16,6 +16,14 @@ their noise exactly) and decrypts every slot of every reply. Against an unprotec
 - **logits baseline**: least squares on the decrypted logits alone, what any querier can do
   (d+1 queries for a full copy without noise).
 
+A provider (or providers colluding) has one attack of its own, on the querier's uploads:
+
+- **upload difference** (``Enc(X̃)``, one ciphertext per feature group, or any two uploads): the
+  difference of two ciphertexts whose encryptions drew the same randomness is Δ·(m - m') in the
+  clear; decoding it needs no key. SEAL draws fresh randomness for every encryption, so the
+  difference is noise; providers that receive one shared ``Enc(X̃)`` hold the same bytes, and so
+  no more than one of them holds.
+
 Two more show the limits of the protection: the **c1 lattice solve** recovers V from a rescaled
 but not re-randomised reply (rounding is not hiding: LLL on a hidden-number problem), and the
 **inflated-noise solve**, a *malicious* querier's, gets V through the default protection by adding
@@ -593,3 +601,48 @@ def single_server(head: EncryptedLinearHead, kit: CkksKit, privacy: CircuitPriva
                                   privacy=privacy, complete_fold=complete_fold)
         return [kit.dump(ct)]
     return serve
+
+
+# -- a provider's attack on the querier's uploads ---------------------------------------------------
+def reused_randomness(querier: CkksKit, seed: int = 1) -> CkksKit:
+    """The querier's kit with every encryption drawing the same randomness (one fixed PRNG seed):
+    what the protocol must never do, to show what fresh randomness protects."""
+    kit = CkksKit.from_secret(querier.params, querier.secret_key_bytes())
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(querier.params.poly_modulus_degree)
+    parms.set_coeff_modulus(kit.context.key_context_data().parms().coeff_modulus())
+    parms.set_random_generator(seal.Blake2xbPRNGFactory([seed] * 8))
+    security = (seal.SEC_LEVEL_TYPE.NONE if querier.params.allow_insecure
+                else seal.SEC_LEVEL_TYPE.TC128)
+    kit._encryptor = seal.Encryptor(seal.SEALContext(parms, True, security), kit._secret_key)
+    return kit
+
+
+@dataclass
+class UploadDifferences:
+    """What the upload difference attack got: ``slots[i]`` decodes ``ct[i+1] - ct[0]``;
+    ``same_randomness`` is the attacker's own check (their ``c1`` halves are equal)."""
+
+    slots: np.ndarray
+    same_randomness: bool
+
+
+def upload_difference_solve(provider: CkksKit, blobs: list[bytes]) -> UploadDifferences:
+    """A provider's (or colluding providers') attack on ciphertexts it received from the querier:
+    subtract the first from each of the others, then decode ``(c0 - c0', 0)``, which decrypts to
+    ``c0 - c0'`` under *any* key, here one of the attacker's own. Where both encryptions drew the
+    same randomness, that is Δ·(m - m') exactly."""
+    cts = provider.load_many(blobs)
+    first = residues(cts[0])
+    own = CkksKit.generate(provider.params)  # (d, 0) decrypts to d whatever the secret key
+    slots, same = [], True
+    for ct in cts[1:]:
+        data = residues(ct)
+        same = same and bool(np.array_equal(data[1], first[1]))
+        ps = np.array(primes(provider, ct), dtype=np.uint64)[:, None]
+        a, b = data[0], first[0]
+        diff = np.zeros_like(data)
+        diff[0] = np.where(a >= b, a - b, a + ps - b)
+        slots.append(own.decrypt(assemble_ciphertext(own.context, diff, ct.parms_id(), ct.scale,
+                                                     ntt_form=True)))
+    return UploadDifferences(np.array(slots), same)

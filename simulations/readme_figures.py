@@ -12,7 +12,6 @@ them, and a link to the full report:
 - ``reports/cost/``: ``python -m simulations.bench_cost`` (``cost.json``);
 - ``reports/align_once/``: ``python -m simulations.bench_align_once`` (``reuse.json``,
   ``resume.json``);
-- ``reports/encoders/``: ``python -m simulations.bench_encoders`` (``report.md``, ``speed.csv``);
 - ``reports/evaluation/``: ``python -m simulations.evaluate`` (``summary.json``).
 
 The block sits between ``<!-- figures:start -->`` and ``<!-- figures:end -->``; everything outside
@@ -241,95 +240,133 @@ def rounds(s: Section) -> list[str] | None:
     return ["**Rounds**, all pairs at once and a pipelined serving: " + "; ".join(parts) + "."]
 
 
-def encoders(s: Section) -> list[str] | None:
-    folder = s.reports / "encoders"
-    if not (folder / "speed.csv").exists():
-        return None
-    text = (folder / "report.md").read_text() if (folder / "report.md").exists() else ""
-    command = re.search(r"Command: `([^`]+)`", text)
-    triple = r"(\d+\.\d+ \d+\.\d+ \d+\.\d+)"
-    load = re.search(rf"before: {triple}, after: {triple}", text)
-    speed = _rows(folder / "speed.csv")
-    threads = max(int(r["threads"]) for r in speed)
-    models = list(dict.fromkeys(r["model"] for r in speed))
-    variants = [v for v in ("float32", "bfloat16", "int8") if any(r["variant"] == v for r in speed)]
-    command = command.group(1) if command else "python -m simulations.bench_encoders"
-    lines = [f"**Encoders on the CPU** (`{command}`; "
-             f"{_load(*(load.groups() if load else (None, None)))} (1, 5, 15 min); "
-             f"[{s.link(folder)}]({s.link(folder / 'report.md')})): texts/s on {threads} threads, "
-             "in brackets the mean cosine to float32:", "",
-             "| model | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
-    for model in models:
-        cells = []
-        for variant in variants:
-            r = next((r for r in speed if r["model"] == model and r["variant"] == variant
-                      and int(r["threads"]) == threads), None)
-            if r is None:
-                cells.append("—")
-            elif variant == "float32":
-                cells.append(_g(r["texts_per_s"]))
-            else:
-                cells.append(f"{_g(r['texts_per_s'])} ({float(r['mean_cosine_to_float32']):.3f})")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def evaluation(s: Section) -> list[str] | None:
+    """The paper's evaluation: the encrypted classification, Table 2 against the paper's ratios,
+    the random-pairing control, the scale curve and generation (each where the summary has it)."""
     path = s.reports / "evaluation" / "summary.json"
     if not path.exists():
         return None
     summary = json.loads(path.read_text())
-    experiment = summary.get("experiments", {}).get("classification", {})
-    command = experiment.get("command", summary.get("command", "python -m simulations.evaluate"))
-    load = experiment.get("load_average_before")
-    seconds = experiment.get("seconds")
     rows = [r for r in summary.get("classification", []) if r.get("status") == "ok"]
     if not rows:
         return None
-    ood = summary.get("ood", [])
+    runs = summary.get("experiments", {})
+    commands = list(dict.fromkeys(r["command"] for r in runs.values() if "command" in r))
+    timed = [r for r in runs.values() if "seconds" in r]
+    loads = [r[k] for r in timed for k in ("load_average_before", "load_average_after") if k in r]
+    when = [f"{sum(r['seconds'] for r in timed) / 60:.0f} min"] if timed else []
+    when.append(f"load average {min(loads):.1f} … {max(loads):.1f}" if loads
+                else "load average not recorded")
     he = next((run.get("he") for run in summary.get("classification_runs", {}).values()
                if run.get("he")), None)
     chain = (f"CKKS N = {he['poly_modulus_degree']}, primes {he['coeff_mod_bit_sizes']}"
              if he else "CKKS parameters not recorded")
-    current = _current_chain()
-    if he and current is not None and list(he["coeff_mod_bit_sizes"]) != current:
-        doc = s.docs / "evaluation.md"
-        chain += f" (the preset's chain is now {current}: [docs/evaluation.md]({s.link(doc)}))"
-    when = []
-    if seconds is not None:
-        when.append(f"{seconds / 60:.0f} min")
-    when.append(f"load average {load:.1f} at its start" if load is not None
-                else "load average not recorded")
-    lines = [f"**The paper's evaluation**, every ordered pair of "
-             f"{len({r['querier_model'] for r in rows})} packaged models through the product "
-             f"(`{command}`; {', '.join(when)}; {chain}; "
-             f"[{s.link(path.parent)}]({s.link(path.parent / 'README.md')})):", "",
-             "| task | pairs | native accuracy | encrypted accuracy | encrypted − native "
-             "| agreement with float64 | OOD AUROC, encrypted (MSP) |",
-             "|---|---|---|---|---|---|---|"]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        mine = [r for r in rows if r["task"] == task]
-        aurocs = [o["auroc_encrypted"] for o in ood if o["task"] == task
-                  and o.get("score", "msp") == "msp" and o.get("auroc_encrypted") is not None]
-        lines.append(
-            f"| {task} | {len(mine)} | {_range([r['native_accuracy'] for r in mine])} "
-            f"| {_range([r['encrypted_accuracy'] for r in mine])} "
-            f"| {_signed_range([r['encrypted_accuracy'] - r['native_accuracy'] for r in mine])} "
-            f"| {min(r['agreement'] for r in mine):.4f} (min) "
-            f"| {_range(aurocs) if aurocs else '—'} |")
+    lines = [f"**The paper's evaluation** (`{'`; `'.join(commands)}`; {', '.join(when)}; "
+             f"[{s.link(path.parent)}]({s.link(path.parent / 'README.md')}), with 95 % bootstrap "
+             "intervals), through the product's own silos, fitting and serving code. Encrypted "
+             f"classification ({chain}):", "",
+             "| task | querier → provider | queries | native | encrypted | agreement with "
+             "float64 | OOD AUROC, encrypted (MSP) |", "|---|---|---|---|---|---|---|"]
+    ood = summary.get("ood", [])
+    for r in rows:
+        auroc = [o["auroc_encrypted"] for o in ood if o["task"] == r["task"]
+                 and o.get("querier_model") == r["querier_model"]
+                 and o.get("provider_model") == r["provider_model"]
+                 and o.get("score", "msp") == "msp" and o.get("auroc_encrypted") is not None]
+        lines.append(f"| {r['task']} | {r['querier_model']} → {r['provider_model']} "
+                     f"| {r.get('n_queries', '—')} | {_ci(r, 'native_accuracy')} "
+                     f"| {_ci(r, 'encrypted_accuracy')} | {r['agreement']:.4f} "
+                     f"| {f'{auroc[0]:.3f}' if auroc else '—'} |")
+    return [*lines, *_table2(summary), *_scale(summary), *_generation(summary)]
+
+
+def _ci(row: dict, key: str) -> str:
+    lo_hi = row.get(f"{key}_ci")
+    if lo_hi is None:
+        return f"{row[key]:.3f}"
+    return f"{row[key]:.3f} [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+
+def _table2(summary: dict) -> list[str]:
+    """Aligned accuracy with a map fitted off-domain (+ k in-domain texts) ÷ that with an in-domain
+    map, per task and public corpus, beside the paper's; the control's collapse."""
+    table = summary.get("table2", [])
+    if not table:
+        return []
+    ks = sorted({int(c.rsplit("+", 1)[1]) for c in (r["condition"] for r in table) if "+" in c})
+    n_models = len(summary.get("config", {}).get("domain", {}).get("models", []))
+    paper = ", ".join(f"{name} {public / inside:.2f} → {with128 / inside:.2f}" for name, (
+        inside, public, with128) in summary.get("paper_table2", {}).items())
+    lines = ["", "**Table 2**: the map fitted on public texts of another domain, alone and with k "
+             "in-domain texts added: aligned accuracy ÷ that of the in-domain map (mean over the "
+             f"{table[0]['n_pairs']} ordered pairs of {n_models} models; the control fits on "
+             f"shuffled public pairs). The paper's Table 2, alone and +128: {paper}:", "",
+             "| task (in-domain accuracy) | public corpus | alone | "
+             + " | ".join(f"+{k}" for k in ks) + " | control |", "|---|---|---|"
+             + "---|" * (len(ks) + 1)]
+    for task in dict.fromkeys(r["task"] for r in table):
+        mine = {r["condition"]: r for r in table if r["task"] == task}
+        control = mine.get("control:shuffled")
+        for corpus in dict.fromkeys(c.removeprefix("cross:").split("+")[0] for c in mine
+                                    if c.startswith("cross:")):
+            cells = [mine.get(f"cross:{corpus}{f'+{k}' if k else ''}") for k in (0, *ks)]
+            lines.append(
+                f"| {task} ({_ci(mine['in-domain'], 'aligned_accuracy')}) | {corpus} | "
+                + " | ".join(f"{c['vs_in_domain']:.2f}" if c else "—" for c in cells) + " | "
+                + (f"{control['aligned_accuracy']:.3f} (majority {control['majority_accuracy']:.3f})"
+                   if control else "—") + " |")
     return lines
 
 
-def _current_chain() -> list[int] | None:
-    try:
-        from conf import load_config
+def _scale(summary: dict) -> list[str]:
+    """CKA against model size (CKA is symmetric: each pair once), and the control's collapse."""
+    import math
 
-        return [int(b) for b in load_config(["he.preset=n8192"]).he.coeff_mod_bit_sizes]
-    except Exception:  # a report is rendered without the config if need be
-        return None
+    rows, params = summary.get("scale", []), summary.get("scale_params", {})
+    if not rows or not params:
+        return []
+    pairs = {frozenset((r["model_a"], r["model_b"])): r for r in rows}
+
+    def correlation(chosen: list[dict]) -> float:
+        xs = [math.log(params[r["model_a"]] * params[r["model_b"]]) for r in chosen]
+        ys = [r["cka"] for r in chosen]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+        sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+        return sxy / math.sqrt(sxx * syy) if sxx and syy else float("nan")
+
+    from silos.registry import PACKAGED_MODELS
+
+    causal = [r for r in pairs.values() if all(
+        m in PACKAGED_MODELS and PACKAGED_MODELS[m].causal for m in (r["model_a"], r["model_b"]))]
+    top, low = (f(pairs.values(), key=lambda r: r["cka"]) for f in (max, min))
+    among = (f"; among the {len(causal)} pairs of causal LMs, {correlation(causal):+.2f}"
+             if len(causal) > 2 else "")
+    return ["", f"**Scale**: linear CKA among {len(params)} models ({len(pairs)} pairs, "
+            f"{_g(min(params.values()) / 1e6)}M … {_g(max(params.values()) / 1e6)}M parameters) "
+            f"runs from {low['cka']:.2f} ({low['model_a']} ↔ {low['model_b']}) to "
+            f"{top['cka']:.2f} ({top['model_a']} ↔ {top['model_b']}). Its correlation with the "
+            f"log of the pair's parameter product is {correlation(list(pairs.values())):+.2f}"
+            f"{among}. With the public pairs shuffled, R² falls to "
+            f"≤ {max(r['r2_control'] for r in rows):.2f} and top-1 retrieval to "
+            f"≤ {max(r['retrieval_control'] for r in rows):.3f} (chance "
+            f"{rows[0]['chance_retrieval']:.3f})."]
 
 
-SECTIONS = (crypto, cost, rounds, align_once, encoders, evaluation)
+def _generation(summary: dict) -> list[str]:
+    gen = summary.get("generation", {})
+    directions = gen.get("directions") or ([gen] if gen.get("model_a") else [])
+    if not directions:
+        return []
+    each = "; ".join(f"{d['model_a']} → {d['model_b']} {d['top1_agreement']:.2f} / "
+                     f"{d['top5_agreement']:.2f} (tokenizer match {d['tokenizer_match_rate']:.2f}, "
+                     f"perplexity under B {d['median_cross_perplexity']:.1f} against its own "
+                     f"{d['median_own_perplexity']:.1f})" for d in directions)
+    return ["", f"**Generation**, the map on token states read by B's own LM head: top-1 / top-5 "
+            f"agreement with B, {each}."]
+
+
+SECTIONS = (crypto, cost, rounds, align_once, evaluation)
 
 
 # -- the block --------------------------------------------------------------------------------------------
@@ -343,8 +380,8 @@ def render(reports: Path, readme: Path) -> str:
     lines = [START, "",
              f"Generated from {link(reports)}/ by `{COMMAND}` (the tests fail when it is stale): "
              "each figure names its command and the load average of this shared 2-core machine "
-             f"as it ran. The default run and every detail: [{link(performance)}]"
-             f"({link(performance)}).", ""]
+             f"as it ran. The default run, the encoders' speed and every detail: "
+             f"[{link(performance)}]({link(performance)}).", ""]
     for make in SECTIONS:
         part = make(section)
         if part:

@@ -40,11 +40,13 @@ from simulations.attacks import (
     protection,
     raw_decryption,
     residues,
+    reused_randomness,
     single_replies,
     single_server,
     slot_solve,
     solve_mod,
     to_coefficients,
+    upload_difference_solve,
 )
 
 D, K = 16, 3
@@ -348,3 +350,38 @@ def test_bench_reports_the_attacks(tmp_path):
     slot_off = int(found["single", "slot solve", "off"])
     assert slot_off < int(found["single", "logits baseline", "default"])
     assert "load average" in (out / "README.md").read_text()
+
+
+# -- a provider's attack on the querier's uploads ---------------------------------------------------
+def _upload(kit: CkksKit, seed: int = 3) -> tuple[CrossProductPacking, list[bytes]]:
+    X = np.random.default_rng(seed).uniform(-1, 1, (N_FIT, D_IN))
+    packing = CrossProductPacking.plan(N_FIT, D_IN, D_OUT, kit.slots)
+    return packing, packing.encrypt(kit, X)
+
+
+def _truth(querier: CkksKit, blobs: list[bytes]) -> np.ndarray:
+    """What the differences decode to: the querier's own decryptions, subtracted."""
+    slots = [querier.decrypt(ct) for ct in querier.load_many(blobs)]
+    return np.array([s - slots[0] for s in slots[1:]])
+
+
+def test_upload_difference_reads_enc_x_where_the_randomness_is_reused(querier, batched_kit):
+    packing, blobs = _upload(reused_randomness(querier))
+    assert packing.n_feature_groups == D_IN  # one ciphertext per feature: d plaintexts differ
+    found = upload_difference_solve(batched_kit, blobs)
+    assert found.same_randomness
+    assert np.abs(found.slots - _truth(querier, blobs)).max() < 1e-6  # x_j - x_0 per text
+
+
+def test_upload_difference_reads_nothing_from_fresh_encryptions(querier, batched_kit):
+    _, blobs = _upload(querier)
+    found = upload_difference_solve(batched_kit, blobs)
+    assert not found.same_randomness
+    truth = _truth(querier, blobs)
+    assert np.abs(found.slots).max() > 1e6 * np.abs(truth).max()  # noise, not Δ·(x_j - x_0)
+    # Two providers sent one shared Enc(X̃) hold the same bytes: their difference is zero, which
+    # says only that they got the same upload. Two separate uploads of it differ like any two.
+    assert upload_difference_solve(batched_kit, [blobs[0], blobs[0]]).slots.max() == 0.0
+    _, again = _upload(querier)
+    apart = upload_difference_solve(batched_kit, [blobs[0], again[0]])
+    assert not apart.same_randomness and np.abs(apart.slots).max() > 1e6

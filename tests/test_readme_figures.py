@@ -19,7 +19,7 @@ def test_the_committed_readme_matches_the_committed_reports():
     assert len(text.splitlines()) <= 200
     block = " ".join(text.split(START, 1)[1].split(END, 1)[0].split())
     for report in ("reports/crypto/README.md", "reports/align_once/report.md",
-                   "reports/encoders/report.md", "reports/evaluation/README.md"):
+                   "reports/evaluation/README.md"):
         assert f"]({report})" in block, report  # each section links its full report
     if (ROOT / "reports" / "cost" / "cost.json").exists():
         assert "](reports/cost/report.md)" in block
@@ -72,6 +72,6 @@ def test_a_new_run_of_a_benchmark_shows_its_command_and_load(tmp_path):
     assert "`python -m simulations.bench_align_once --work /elsewhere`" in block
     assert "9.99 9.99 9.99" in block and "42 s against" in block
     # A report that is not there is left out, not invented.
-    shutil.rmtree(reports / "encoders")
-    assert "Encoders on the CPU" in render(ROOT / "reports", readme)
-    assert "Encoders on the CPU" not in render(reports, readme)
+    shutil.rmtree(reports / "align_once")
+    assert "Align once, serve many" in render(ROOT / "reports", readme)
+    assert "Align once, serve many" not in render(reports, readme)
