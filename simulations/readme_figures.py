@@ -265,7 +265,7 @@ def evaluation(s: Section) -> list[str] | None:
              f"[{s.link(path.parent)}]({s.link(path.parent / 'README.md')}), with 95 % bootstrap "
              "intervals), through the product's own silos, fitting and serving code. Encrypted "
              f"classification ({chain}):", "",
-             "| task | querier → provider | queries | native | encrypted | agreement with "
+             "| task | querier → provider | texts served | native | encrypted | agreement with "
              "float64 | OOD AUROC, encrypted (MSP) |", "|---|---|---|---|---|---|---|"]
     ood = summary.get("ood", [])
     for r in rows:
@@ -297,10 +297,9 @@ def _table2(summary: dict) -> list[str]:
     n_models = len(summary.get("config", {}).get("domain", {}).get("models", []))
     paper = ", ".join(f"{name} {public / inside:.2f} → {with128 / inside:.2f}" for name, (
         inside, public, with128) in summary.get("paper_table2", {}).items())
-    lines = ["", "**Table 2**: the map fitted on public texts of another domain, alone and with k "
-             "in-domain texts added: aligned accuracy ÷ that of the in-domain map (mean over the "
-             f"{table[0]['n_pairs']} ordered pairs of {n_models} models; the control fits on "
-             f"shuffled public pairs). The paper's Table 2, alone and +128: {paper}:", "",
+    lines = ["", "**Table 2**: maps fitted on another domain's public texts, alone and + k in-domain "
+             f"ones: aligned accuracy ÷ the in-domain map's (mean of {table[0]['n_pairs']} ordered "
+             f"pairs of {n_models} models; control: shuffled public pairs). Paper: {paper}:", "",
              "| task (in-domain accuracy) | public corpus | alone | "
              + " | ".join(f"+{k}" for k in ks) + " | control |", "|---|---|---|"
              + "---|" * (len(ks) + 1)]
@@ -340,15 +339,15 @@ def _scale(summary: dict) -> list[str]:
     causal = [r for r in pairs.values() if all(
         m in PACKAGED_MODELS and PACKAGED_MODELS[m].causal for m in (r["model_a"], r["model_b"]))]
     top, low = (f(pairs.values(), key=lambda r: r["cka"]) for f in (max, min))
-    among = (f"; among the {len(causal)} pairs of causal LMs, {correlation(causal):+.2f}"
+    among = (f", over the {len(causal)} of causal LMs {correlation(causal):+.2f}"
              if len(causal) > 2 else "")
-    return ["", f"**Scale**: linear CKA among {len(params)} models ({len(pairs)} pairs, "
-            f"{_g(min(params.values()) / 1e6)}M … {_g(max(params.values()) / 1e6)}M parameters) "
+    return ["", f"**Scale**: linear CKA among {len(params)} models "
+            f"({_g(min(params.values()) / 1e6)}M … {_g(max(params.values()) / 1e6)}M parameters) "
             f"runs from {low['cka']:.2f} ({low['model_a']} ↔ {low['model_b']}) to "
-            f"{top['cka']:.2f} ({top['model_a']} ↔ {top['model_b']}). Its correlation with the "
-            f"log of the pair's parameter product is {correlation(list(pairs.values())):+.2f}"
-            f"{among}. With the public pairs shuffled, R² falls to "
-            f"≤ {max(r['r2_control'] for r in rows):.2f} and top-1 retrieval to "
+            f"{top['cka']:.2f} ({top['model_a']} ↔ {top['model_b']}); its correlation with "
+            f"log(parameters) over the {len(pairs)} pairs is {correlation(list(pairs.values())):+.2f}"
+            f"{among}. Shuffled public pairs: R² "
+            f"≤ {max(r['r2_control'] for r in rows):.2f}, top-1 retrieval "
             f"≤ {max(r['retrieval_control'] for r in rows):.3f} (chance "
             f"{rows[0]['chance_retrieval']:.3f})."]
 
@@ -359,11 +358,11 @@ def _generation(summary: dict) -> list[str]:
     if not directions:
         return []
     each = "; ".join(f"{d['model_a']} → {d['model_b']} {d['top1_agreement']:.2f} / "
-                     f"{d['top5_agreement']:.2f} (tokenizer match {d['tokenizer_match_rate']:.2f}, "
-                     f"perplexity under B {d['median_cross_perplexity']:.1f} against its own "
-                     f"{d['median_own_perplexity']:.1f})" for d in directions)
-    return ["", f"**Generation**, the map on token states read by B's own LM head: top-1 / top-5 "
-            f"agreement with B, {each}."]
+                     f"{d['top5_agreement']:.2f} (match {d['tokenizer_match_rate']:.2f}, "
+                     f"ppl {d['median_cross_perplexity']:.0f} vs {d['median_own_perplexity']:.1f})"
+                     for d in directions)
+    return ["", "**Generation**, A's token states mapped and read by B's LM head (top-1 / top-5 "
+            f"agreement with B, tokenizer match, perplexity under B vs B's own): {each}."]
 
 
 SECTIONS = (crypto, cost, rounds, align_once, evaluation)

@@ -95,10 +95,13 @@ def _installed(name: str) -> bool:
                     reason="optional: make install-qwen (not in CI)")
 def test_real_qwen_05b_assembles_to_the_verified_file_and_embeds(tmp_path):
     """~70 s the first time (assembly, hash, dequantisation), seconds after: the cache."""
+    import dataclasses
+
     import numpy as np
     from transformers import AutoConfig
 
     from silos.encoders import Encoder
+    from simulations.evaluation.embeddings import encoder_spec
 
     cache = Path("~/.cache/secure-align").expanduser()
     path = resolve_model("qwen2.5-coder-0.5b", cache_dir=cache).path
@@ -106,7 +109,8 @@ def test_real_qwen_05b_assembles_to_the_verified_file_and_embeds(tmp_path):
     assert gguf.stat().st_size == 491_400_064
     config = AutoConfig.from_pretrained(path)
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (896, 24, 151_936)
-    encoder = Encoder.from_pretrained(path, causal=True, dtype="bfloat16", show_progress=False)
+    spec = dataclasses.replace(encoder_spec("qwen2.5-coder-0.5b", cache), dtype="bfloat16")
+    encoder = Encoder.from_pretrained(path, spec, causal=True, show_progress=False)
     out = encoder.encode(["The match ended in a draw.", "Shares fell sharply on Monday."])
     assert out.shape == (2, 896) and np.isfinite(out).all()
     assert float(np.corrcoef(out)[0, 1]) < 0.9999  # two texts, two embeddings

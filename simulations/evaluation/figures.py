@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import NullFormatter
 
 
 def _finish(fig, path: Path, command: str) -> Path:
@@ -182,6 +183,7 @@ def scale_figure(rows: list[dict], params: dict[str, int], path: Path, command: 
         ax.plot(sizes, [float(np.mean(by_size[s])) for s in sizes], "-", color="C3",
                 label="mean at that size")
         ax.set(xscale="log", xlabel="parameters of the smaller model of the pair", title=label)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^7, 3x10^7 … overlap at this width
         ax.grid(alpha=0.3)
     for name, n in params.items():
         axes[0].annotate(name, (n, axes[0].get_ylim()[0]), fontsize=6, rotation=90,

@@ -302,8 +302,9 @@ def render(summary: dict) -> str:
         "",
         "## Classification and OOD detection (encrypted, through the Flower simulation)",
         "",
-        "Every ordered pair of different models, on each packaged task: the map fit through the "
-        "encrypted protocol on the task's public texts, the querier's queries served under CKKS. "
+        "The configured (querier, provider) pairs (`classification.pairs`; none: every ordered "
+        "pair of `models`), on each configured task: the map fit through the encrypted protocol "
+        "on the task's public texts, the querier's queries served under CKKS. "
         "native = the provider's head on its own embeddings; querier's own head = the same labels "
         "and head type on the querier's embeddings (what the provider's labelled data is worth); "
         "unaligned = the provider's head on the querier's raw embeddings (zero-padded/truncated). "
