@@ -1,6 +1,6 @@
 """The paper's evaluation suite: convergence, classification, OOD, generation, privacy/latency.
 
-    python -m simulations.evaluate                 # everything (~30 min on 2 cores, caches cold)
+    python -m simulations.evaluate                 # everything (15 min on 2 idle cores, caches cold)
     python -m simulations.evaluate --quick         # two models, small sets (~3 min): CI's test
     python -m simulations.evaluate --only generation,tradeoffs generation.new_tokens=40
 
