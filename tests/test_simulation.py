@@ -102,7 +102,7 @@ def test_every_pair_succeeds_and_encrypted_equals_plaintext(tiny_run):
         assert pair["native_accuracy"] > 0.5 and pair["encrypted_accuracy"] > 0.4
         # Without the map the provider's head sees the querier's embeddings as they are (zero
         # padded to its width): chance (measured 0.23 and 0.37).
-        assert unaligned_accuracy(report["config"], pair) < 0.45
+        assert unaligned_accuracy(pair_inputs(report["config"], pair)) < 0.45
     # Through the map the two BERTs agree on every topic (1.0 measured), far above it.
     assert next(p for p in pairs if p["provider"] == "bob")["encrypted_accuracy"] > 0.9
 
