@@ -1,7 +1,7 @@
 """The paper's evaluation suite: convergence, classification, OOD, generation, privacy/latency.
 
-    python -m simulations.evaluate                 # everything (15 min on 2 idle cores, caches cold)
-    python -m simulations.evaluate --quick         # two models, small sets (~3 min): CI's test
+    python -m simulations.evaluate                 # everything (17 min on 2 idle cores, caches cold)
+    python -m simulations.evaluate --quick         # two models, small sets (2.5 min): CI's test
     python -m simulations.evaluate --only generation,tradeoffs generation.new_tokens=40
 
 KEY=VALUE pairs override conf/evaluation.yaml. Writes README.md, summary.json, CSVs and PNGs into
