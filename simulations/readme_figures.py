@@ -357,12 +357,24 @@ def _generation(summary: dict) -> list[str]:
     directions = gen.get("directions") or ([gen] if gen.get("model_a") else [])
     if not directions:
         return []
-    each = "; ".join(f"{d['model_a']} → {d['model_b']} {d['top1_agreement']:.2f} / "
-                     f"{d['top5_agreement']:.2f} (match {d['tokenizer_match_rate']:.2f}, "
-                     f"ppl {d['median_cross_perplexity']:.0f} vs {d['median_own_perplexity']:.1f})"
-                     for d in directions)
+    by_pair: dict[tuple[str, str], list[dict]] = {}  # A ↔ B: its directions, A → B first
+    for d in directions:
+        reverse = (d["model_b"], d["model_a"])
+        by_pair.setdefault(reverse if reverse in by_pair else (d["model_a"], d["model_b"]),
+                           []).append(d)
+
+    def both(fmt: str, key: str, ds: list[dict]) -> str:  # one figure where both round alike
+        return " and ".join(dict.fromkeys(format(d[key], fmt) for d in ds))
+
+    each = "; ".join(
+        f"{a} {'↔' if len(ds) > 1 else '→'} {b} "
+        + " and ".join(f"{d['top1_agreement']:.2f} / {d['top5_agreement']:.2f}" for d in ds)
+        + f" (match {both('.2f', 'tokenizer_match_rate', ds)}, ppl"
+        f" {both('.0f', 'median_cross_perplexity', ds)} vs {both('.1f', 'median_own_perplexity', ds)})"
+        for (a, b), ds in by_pair.items())
     return ["", "**Generation**, A's token states mapped and read by B's LM head (top-1 / top-5 "
-            f"agreement with B, tokenizer match, perplexity under B vs B's own): {each}."]
+            "agreement with B, A → B and then B → A; tokenizer match; perplexity under B vs B's "
+            f"own): {each}."]
 
 
 SECTIONS = (crypto, cost, rounds, align_once, evaluation)

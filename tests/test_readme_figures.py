@@ -75,3 +75,18 @@ def test_a_new_run_of_a_benchmark_shows_its_command_and_load(tmp_path):
     shutil.rmtree(reports / "align_once")
     assert "Align once, serve many" in render(ROOT / "reports", readme)
     assert "Align once, serve many" not in render(reports, readme)
+
+
+def test_generation_shows_both_directions_of_a_pair_as_one():
+    from simulations.readme_figures import _generation
+
+    def direction(a: str, b: str, top1: float, match: float) -> dict:
+        return {"model_a": a, "model_b": b, "top1_agreement": top1, "top5_agreement": 0.6,
+                "tokenizer_match_rate": match, "median_cross_perplexity": 20.0,
+                "median_own_perplexity": 3.0}
+
+    (_, text) = _generation({"generation": {"directions": [
+        direction("a", "b", 0.34, 1.0), direction("c", "a", 0.31, 0.91),
+        direction("b", "a", 0.36, 1.0)]}})
+    assert "a ↔ b 0.34 / 0.60 and 0.36 / 0.60 (match 1.00, ppl 20 vs 3.0)" in text
+    assert "c → a 0.31 / 0.60 (match 0.91," in text  # no reverse: one direction
