@@ -2,7 +2,7 @@
 # make test  — the test suite (tiny in-memory models), set-up included
 # make test-slow — real packaged models (minutes)
 # make test-deploy — real SuperLink + SuperNode processes, TLS and node auth (minutes)
-# make evaluate — the paper's evaluation suite into reports/evaluation (17 min here at load 2, caches cold; ARGS=--quick 2.5 min)
+# make evaluate — the paper's evaluation suite into reports/evaluation (18 min here at load 2, caches cold; ARGS=--quick 2.5 min)
 # make install-qwen — the optional Qwen2.5-Coder 0.5B/1.5B models (1.6 GB; the scale and generation rows)
 # make install-wordnet — WordNet 3.0 glosses (Debian wordnet-base, unpacked into the cache; no root)
 SHELL := /bin/bash

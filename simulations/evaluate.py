@@ -1,6 +1,6 @@
 """The paper's evaluation suite: convergence, classification, OOD, generation, privacy/latency.
 
-    python -m simulations.evaluate                 # everything (17 min on 2 idle cores, caches cold)
+    python -m simulations.evaluate                 # everything (18 min on 2 idle cores, caches cold)
     python -m simulations.evaluate --quick         # two models, small sets (2.5 min): CI's test
     python -m simulations.evaluate --only generation,tradeoffs generation.new_tokens=40
 
