@@ -86,12 +86,16 @@ def _convergence(summary: dict) -> list[str]:
     return [*lines, "", "![convergence](convergence.png)", ""]
 
 
+def _skipped(skipped: dict[str, str]) -> list[str]:
+    """A paragraph per model an experiment could not run on, with why (what to install)."""
+    return [line for model, why in skipped.items() for line in (f"**{model}: skipped** — {why}", "")]
+
+
 def _generation(summary: dict) -> list[str]:
     g = summary.get("generation")
     if not g:
         return []
-    lines = [line for model, why in g.get("skipped", {}).items()
-             for line in (f"**{model}: skipped** — {why}", "")]
+    lines = _skipped(g.get("skipped", {}))
     lines += [f"Token-level ridge maps fit on {g['n_fit_texts']} {g['corpus']} texts, scored on "
              f"{g['n_test_texts']} others at the positions where both models have read the same "
              "characters.", "",
@@ -207,8 +211,7 @@ def _scale(summary: dict) -> list[str]:
     if not rows:
         return []
     params = summary.get("scale_params", {})
-    lines = [line for model, why in summary.get("scale_skipped", {}).items()
-             for line in (f"**{model}: skipped** — {why}", "")]
+    lines = _skipped(summary.get("scale_skipped", {}))
     lines += [f"{summary.get('scale_texts')} texts ({', '.join(summary.get('scale_lists', []))}), "
              f"{rows[0]['n_test']} held out; ridge with alpha picked on a fifth of the fit texts. "
              "Control: the fit texts' rows of A shuffled. Parameters (from the checkpoints): "
